@@ -1,0 +1,3 @@
+from data_select.cli import main
+
+raise SystemExit(main())
