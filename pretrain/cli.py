@@ -16,6 +16,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.schedule_plot import lr_curve, plot_curves, summary_table
+
+    curves = [lr_curve(load_config(path), label=path, total_steps=args.steps) for path in [args.config, *args.compare]]
+    print(summary_table(curves))
+    if args.plot:
+        print(f"wrote {plot_curves(curves, args.plot)}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.predict import plot_prediction, predict_run
+    from pretrain.schedule_plot import lr_curve
+
+    target = lr_curve(load_config(args.schedule), label=args.schedule)
+    try:
+        pred = predict_run(args.metrics, target.lrs, actual=args.actual, lam=args.lam, final_window=args.final_window)
+    except ValueError as e:  # MetricsError, or too few points to fit
+        print(f"pretrain predict: {e}", file=sys.stderr)
+        return 2
+    p = pred.params
+    skipped = {k: v for k, v in pred.fit_report.items() if v}
+    print(f"fitted on {args.metrics}: {len(pred.fit_steps)} logged steps" + (f" (report: {skipped})" if skipped else ""))
+    print(f"  L0={p.L0:.4f} A={p.A:.4f} alpha={p.alpha:.4f} C={p.C:.6f} lam={p.lam} "
+          f"(eta = lr / {p.lr_ref:g})  rmse(log L)={p.rmse_log:.4f}")
+    print(f"predicted final loss for {args.schedule} ({target.schedule}, {len(target.lrs)} steps): {pred.predicted_final:.4f}")
+    if pred.actual_final is not None:
+        print(f"actual final loss (mean of last {args.final_window} logged, {args.actual}): {pred.actual_final:.4f}  "
+              f"predicted there: {pred.predicted_at_actual:.4f}  error: {100 * pred.relative_error:+.2f}%")
+    if args.plot:
+        path = plot_prediction(args.plot, fit_steps=pred.fit_steps, fit_losses=pred.fit_losses, fitted=pred.fitted,
+                               predicted=pred.predicted, actual_steps=pred.actual_steps,
+                               actual_losses=pred.actual_losses, labels=(str(args.metrics), args.schedule))
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description="Budget-aware LLM pretraining")
     sub = p.add_subparsers(dest="command", required=True)
@@ -26,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     # -- further subcommands register below (one add_parser block each) --
+
+    s = sub.add_parser("schedule", help="print and plot the LR schedule of one or more training configs")
+    s.add_argument("config", help="training YAML (schedule, optim.lr and budget are read)")
+    s.add_argument("--compare", nargs="+", default=[], metavar="YAML", help="more configs drawn on the same plot")
+    s.add_argument("--plot", metavar="PNG", help="write the LR curves here")
+    s.add_argument("--steps", type=int, help="override the budget: total optimizer steps for every config")
+    s.set_defaults(func=_cmd_schedule)
+
+    pr = sub.add_parser("predict", help="fit the LR-annealing loss law on a run and predict another schedule")
+    pr.add_argument("--metrics", required=True, help="metrics.jsonl of the finished run to fit")
+    pr.add_argument("--schedule", required=True, metavar="YAML", help="training config whose schedule/budget to predict")
+    pr.add_argument("--actual", metavar="JSONL", help="metrics.jsonl of that run, to report the prediction error")
+    pr.add_argument("--plot", metavar="PNG", help="write fitted, predicted (and actual) curves here")
+    pr.add_argument("--lam", type=float, default=0.999, help="annealing-momentum decay lambda (default 0.999)")
+    pr.add_argument("--final-window", type=int, default=10, help="logged losses averaged for the final loss")
+    pr.set_defaults(func=_cmd_predict)
 
     return p
 

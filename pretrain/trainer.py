@@ -1,0 +1,294 @@
+"""The training loop: one-epoch data, a schedule multiplier per optimizer step, callbacks around it.
+
+Resume and branching share one path: load a checkpoint (weights, optimizer, loader position,
+RNG) and continue at its step. Resume continues the same run directory; ``init.checkpoint``
+starts a new run directory from another run's checkpoint (a branch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain import checkpoint as ckpt_io
+from pretrain.budget import total_steps_of
+from pretrain.config import TrainConfig, save_config, to_dict
+from pretrain.data import OneEpochLoader, TokenData, eval_batches
+from pretrain.engine import make_engine, world_info
+from pretrain.metrics import MetricsLogger, gpu_peak_flops, truncate_metrics
+from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
+from pretrain.schedules import lr_multiplier
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _attn_impl(cfg: TrainConfig) -> str:
+    if cfg.model.attn_impl != "auto":
+        return cfg.model.attn_impl
+    return "sdpa"
+
+
+@dataclass
+class Callback:
+    """Hooks the loop calls; subclasses override what they need."""
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+@dataclass
+class Evaluate(Callback):
+    every: int
+
+    def on_step_end(self, trainer, step):
+        if self.every and step % self.every == 0 and step != trainer.total_steps:
+            trainer.evaluate()
+
+    def on_train_end(self, trainer):
+        if trainer.last_eval_step != trainer.step:
+            trainer.evaluate()
+
+
+@dataclass
+class Checkpoint(Callback):
+    every: int
+    save_final: bool
+
+    def on_step_end(self, trainer, step):
+        if self.every and step % self.every == 0 and step != trainer.total_steps:
+            trainer.save_checkpoint()
+
+    def on_train_end(self, trainer):
+        if self.save_final and trainer.last_ckpt_step != trainer.step:
+            trainer.save_checkpoint()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    final_val_loss: float
+    checkpoint: Path | None
+    metrics: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        # The saved config must work from any directory: make its paths absolute.
+        cfg.data.manifest = str(Path(cfg.data.manifest).resolve()) if cfg.data.manifest else ""
+        if cfg.dist.deepspeed_config:
+            cfg.dist.deepspeed_config = str(Path(cfg.dist.deepspeed_config).resolve())
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.data = TokenData(cfg.data.manifest)
+        self.vocab_size = resolve_vocab_size(cfg.model, self.data.vocab_size)
+        self.total_steps = total_steps_of(cfg)
+        _, _, world = world_info()
+        b = cfg.budget
+        if b.global_batch_size % (b.micro_batch_size * world):
+            from pretrain.config import ConfigError
+
+            raise ConfigError(f"budget.global_batch_size {b.global_batch_size} must be a multiple of "
+                              f"budget.micro_batch_size {b.micro_batch_size} x {world} processes")
+        self.accum_steps = b.global_batch_size // (b.micro_batch_size * world)
+        # One-epoch check before any process group or model exists: fail fast and cheaply.
+        probe = OneEpochLoader(self.data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
+                               micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed)
+        probe.check_budget(self.total_steps)
+        del probe
+
+        if cfg.dist.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed)
+        data = self.data
+
+        def model_fn(device):
+            seed_everything(cfg.seed)
+            return build_model(cfg.model, self.vocab_size, device=device, attn_impl=_attn_impl(cfg),
+                               eos_id=data.eos_id, bos_id=data.bos_id, pad_id=data.pad_id)
+
+        self.engine = make_engine(cfg, model_fn, self.accum_steps)
+        self.rank, self.world_size = self.engine.rank, self.engine.world_size
+        self.is_main = self.rank == 0
+        self.ckpt_root = self.run_dir / "checkpoints"
+        ledger = self.run_dir / "ledger" / f"rank-{self.rank:05d}.jsonl" if cfg.data.ledger else None
+        self.loader = OneEpochLoader(data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
+                                     micro_batch_size=b.micro_batch_size, rank=self.rank,
+                                     world_size=self.world_size, seed=cfg.data.seed, ledger_path=ledger)
+        self.step = 0
+        self.last_eval_step = -1
+        self.last_ckpt_step = -1
+        self.final_val_loss = float("nan")
+        model = self.engine.unwrapped
+        self.n_params = count_params(model)
+        self.n_params_non_emb = count_params(model, exclude_embeddings=True)
+        self.flops_per_token = flops_per_token(cfg.model, self.n_params_non_emb, cfg.data.seq_len)
+        self.peak_flops = gpu_peak_flops(cfg.dist.gpu_peak_flops) * self.world_size
+        self._val = None
+        self.logger: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def _restore(self) -> None:
+        cfg = self.cfg
+        src, is_resume = None, False
+        if cfg.checkpoint.resume == "auto":
+            src, is_resume = ckpt_io.latest(self.ckpt_root), True
+        elif cfg.checkpoint.resume not in ("", "none"):
+            src, is_resume = ckpt_io.resolve(cfg.checkpoint.resume), True
+        if src is None and cfg.init.checkpoint:
+            src = ckpt_io.resolve(cfg.init.checkpoint)
+        if src is None:
+            return
+        ckpt_io.verify(src)
+        state = ckpt_io.read_trainer_state(src)
+        load_opt = True if is_resume else cfg.init.load_optimizer
+        load_data = True if is_resume else cfg.init.load_data_state
+        self.engine.load(src, load_optimizer=load_opt)
+        if load_data:
+            self.loader.load_state(state["loader"])
+        self.step = int(state["step"])
+        if self.step > self.total_steps:
+            from pretrain.config import ConfigError
+
+            raise ConfigError(f"checkpoint {src} is at step {self.step}, past this run's budget of {self.total_steps} steps")
+        if state.get("world_size") == self.world_size:
+            ckpt_io.load_rng(src, self.rank)
+        if is_resume:
+            self.last_ckpt_step = self.step
+            if self.is_main:
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.loader.truncate_ledger(self.step)
+        if self.is_main:
+            print(f"{'resumed' if is_resume else 'initialised'} from {src} at step {self.step}", flush=True)
+
+    def save_checkpoint(self) -> Path:
+        tmp = self.ckpt_root / f".tmp-{ckpt_io.step_dir_name(self.step)}"
+        if self.is_main:
+            ckpt_io.begin(self.ckpt_root, self.step)
+        self.engine.barrier()
+        self.engine.save(tmp)
+        ckpt_io.write_rng(tmp, self.rank)
+        if self.is_main:
+            state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
+                     "loader": self.loader.state().to_dict(), "engine": self.engine.name,
+                     "schedule": to_dict(self.cfg.schedule), "lr_mult": self._mult(max(self.step - 1, 0))}
+            (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
+            save_config(self.cfg, tmp / "config.yaml")
+        self.engine.barrier()
+        final = self.ckpt_root / ckpt_io.step_dir_name(self.step)
+        if self.is_main:
+            ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last)
+        self.engine.barrier()
+        self.last_ckpt_step = self.step
+        return final
+
+    # ------------------------------------------------------------------ loop
+
+    def _mult(self, step: int) -> float:
+        s = self.cfg.schedule
+        return lr_multiplier(s.name, step, self.total_steps, **s.kwargs())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        if self._val is None:
+            self._val = eval_batches(self.data, seq_len=self.cfg.data.seq_len,
+                                     micro_batch_size=self.cfg.budget.micro_batch_size,
+                                     max_batches=self.cfg.eval.batches, rank=self.rank, world_size=self.world_size)
+        model = self.engine.model
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        for tokens in self._val:
+            tokens = tokens.to(self.engine.device)
+            loss = model(input_ids=tokens, labels=tokens).loss.double().cpu()
+            n = tokens.shape[0] * (tokens.shape[1] - 1)
+            total += torch.stack([loss * n, torch.tensor(float(n), dtype=torch.float64)])
+        model.train()
+        total = self.engine.sum(total).cpu()
+        self.final_val_loss = float(total[0] / total[1])
+        self.last_eval_step = self.step
+        self.log({"type": "eval", "step": self.step, "tokens": self.loader.state().tokens_consumed,
+                  "val_loss": self.final_val_loss})
+        return self.final_val_loss
+
+    def log(self, record: dict) -> None:
+        if self.logger is not None:
+            self.logger.log(record)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.engine.barrier()
+        self._restore()
+        if self.is_main:
+            print(f"model {cfg.model.family}: {self.n_params:,} parameters ({self.n_params_non_emb:,} non-embedding), "
+                  f"{self.flops_per_token:.3g} training FLOPs/token; engine {self.engine.name} x{self.world_size}, "
+                  f"{self.engine.precision}; budget {self.total_steps} steps x {self.loader.tokens_per_step:,} tokens "
+                  f"= {self.total_steps * self.loader.tokens_per_step:,} tokens of "
+                  f"{self.loader.num_sequences * cfg.data.seq_len:,} in one epoch", flush=True)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, total_steps=self.total_steps,
+                                    start_step=self.step, wandb_mode=cfg.logging.wandb_mode,
+                                    wandb_project=cfg.logging.wandb_project, config=to_dict(cfg),
+                                    progress=cfg.logging.progress)
+        callbacks: list[Callback] = [Evaluate(cfg.eval.every), Checkpoint(cfg.checkpoint.every, cfg.checkpoint.save_final)]
+        peak_lr, accum = cfg.optim.lr, self.accum_steps
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                mult = self._mult(self.step)
+                self.engine.set_lr(peak_lr * mult)
+                micro_batches = self.loader.next_batch()
+                losses = [self.engine.forward_backward(mb, 1.0 / accum, sync=(i == accum - 1))
+                          for i, mb in enumerate(micro_batches)]
+                grad_norm = self.engine.optimizer_step()
+                self.step += 1
+                loss = self.engine.mean(torch.stack(losses).mean())
+                dt = time.perf_counter() - t0
+                tok_s = self.loader.tokens_per_step / dt
+                record = {"type": "train", "step": self.step, "tokens": self.loader.state().tokens_consumed,
+                          "loss": loss, "lr": peak_lr * mult, "lr_mult": mult, "grad_norm": grad_norm,
+                          "tokens_per_s": tok_s, "time": dt}
+                if self.peak_flops:
+                    record["mfu"] = tok_s * self.flops_per_token / self.peak_flops
+                if self.step % cfg.logging.log_every == 0 or self.step == self.total_steps:
+                    self.log(record)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping (lower optim.lr?)")
+                for cb in callbacks:
+                    cb.on_step_end(self, self.step)
+            for cb in callbacks:
+                cb.on_train_end(self)
+        finally:
+            self.logger.close()
+        result = TrainResult(self.run_dir, self.step, self.loader.state().tokens_consumed, self.final_val_loss,
+                             ckpt_io.latest(self.ckpt_root) if self.ckpt_root.exists() else None)
+        if self.is_main:
+            summary = {"step": result.step, "tokens": result.tokens, "final_val_loss": result.final_val_loss,
+                       "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                       "n_params": self.n_params, "flops_per_token": self.flops_per_token}
+            ckpt_io.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        self.engine.barrier()
+        return result
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.engine.close()
+
