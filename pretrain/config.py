@@ -205,6 +205,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -223,7 +228,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         for k in list(data):
             if k not in names:
                 params[k] = data.pop(k)
-        data["params"] = params
+        # `key=null` on the command line removes a parameter (e.g. when switching schedule)
+        data["params"] = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
@@ -348,13 +354,15 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not one of offline, online, disabled")
     from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
+    from pretrain.budget import total_steps_of  # noqa: PLC0415
 
-    validate_schedule = getattr(schedules, "validate", None)
-    if validate_schedule is not None:
-        try:
-            validate_schedule(cfg.schedule.name, **cfg.schedule.kwargs())
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"schedule: {e}") from None
+    total = cfg.budget.steps
+    if total is None and cfg.budget.tokens is not None:
+        total = total_steps_of(cfg)
+    try:
+        schedules.validate(cfg.schedule.name, total_steps=total, **cfg.schedule.kwargs())
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"schedule: {e}") from None
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
