@@ -34,7 +34,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     target = lr_curve(load_config(args.schedule), label=args.schedule)
     try:
-        pred = predict_run(args.metrics, target.lrs, actual=args.actual, lam=args.lam, final_window=args.final_window)
+        pred = predict_run(args.metrics, target.lrs, actual=args.actual, lam=args.lam,
+                           fit_from=args.fit_from, final_window=args.final_window)
     except ValueError as e:  # MetricsError, or too few points to fit
         print(f"pretrain predict: {e}", file=sys.stderr)
         return 2
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--actual", metavar="JSONL", help="metrics.jsonl of that run, to report the prediction error")
     pr.add_argument("--plot", metavar="PNG", help="write fitted, predicted (and actual) curves here")
     pr.add_argument("--lam", type=float, default=0.999, help="annealing-momentum decay lambda (default 0.999)")
+    pr.add_argument("--fit-from", type=int, help="first step used in the fit (default: end of warm-up)")
     pr.add_argument("--final-window", type=int, default=10, help="logged losses averaged for the final loss")
     pr.set_defaults(func=_cmd_predict)
 

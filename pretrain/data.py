@@ -123,6 +123,8 @@ class OneEpochLoader:
         self._perm = np.random.default_rng(seed).permutation(self.num_sequences)
         self.sequences_consumed = 0
         self.ledger_path = Path(ledger_path) if ledger_path else None
+        if self.ledger_path is not None:
+            self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
     def tokens_per_step(self) -> int:

@@ -148,7 +148,7 @@ class AccelerateEngine:
 
                 raise CheckpointError(f"checkpoint {ckpt} has no optimizer state ({_OPTIM_FILE}); cannot continue training from it")
             inner = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-            inner.load_state_dict(torch.load(f, map_location=self.device, weights_only=True))
+            inner.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
     def close(self) -> None:
         self.accelerator.end_training()

@@ -230,7 +230,7 @@ class Prediction:
 
 
 def predict_run(metrics: str | Path, target_lrs: np.ndarray, *, actual: str | Path | None = None,
-                lam: float = 0.999, final_window: int = 10) -> Prediction:
+                lam: float = 0.999, fit_from: int | None = None, final_window: int = 10) -> Prediction:
     """Fit the law on ``metrics`` and predict the run whose per-step LRs are ``target_lrs``.
 
     With ``actual`` (that run's metrics), its final loss is the mean of its last
@@ -239,7 +239,7 @@ def predict_run(metrics: str | Path, target_lrs: np.ndarray, *, actual: str | Pa
     """
     report: dict = {}
     steps, losses, lrs = load_metrics(metrics, report=report)
-    params = fit(steps, losses, lrs, lam=lam)
+    params = fit(steps, losses, lrs, lam=lam, fit_from=fit_from)
     out = Prediction(params=params, fit_steps=steps, fit_losses=losses, fitted=predict(params, lrs),
                      predicted=predict(params, target_lrs), fit_report=report)
     if actual is not None:

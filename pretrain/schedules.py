@@ -15,6 +15,12 @@ Conventions shared by every schedule (composed once by :func:`_compose`, never p
 * ``min_lr_ratio`` f: each shape g goes from 1 to 0 and ``mult = f + (1 - f) * g``; when g is
   exactly 1 the multiplier is the literal ``1.0`` so a stable phase never drifts
   (branching compares LRs bit for bit).
+
+Schedule-specific parameters: ``step`` milestones (absolute steps, or fractions of
+total_steps), gamma=0.1; ``exponential`` gamma (per step) or none (f^p, needs f > 0);
+``onecycle`` pct_start=0.3, div_factor=25, final_div_factor=1e4 (own warm-up and floor, so W = f = 0);
+``wsd`` exactly one of decay_steps / decay_fraction (of total_steps), decay_shape=1-sqrt
+(Hägele et al.'s best) in linear|cosine|1-sqrt|inv|exp; ``uba`` phi > 0 (required).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from pretrain.budget import total_steps_of
 from pretrain.config import TrainConfig, save_config, to_dict
 from pretrain.data import OneEpochLoader, TokenData, eval_batches
 from pretrain.engine import make_engine, world_info
-from pretrain.metrics import MetricsLogger, gpu_peak_flops, truncate_metrics
+from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
 from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
 from pretrain.schedules import lr_multiplier
 
@@ -168,8 +168,12 @@ class Trainer:
             ckpt_io.load_rng(src, self.rank)
         if is_resume:
             self.last_ckpt_step = self.step
+            metrics = self.run_dir / "metrics.jsonl"
+            if any(r["step"] == self.step for r in read_metrics(metrics, "eval")):
+                self.last_eval_step = self.step
+            self.engine.barrier()
             if self.is_main:
-                truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+                truncate_metrics(metrics, self.step)
         self.loader.truncate_ledger(self.step)
         if self.is_main:
             print(f"{'resumed' if is_resume else 'initialised'} from {src} at step {self.step}", flush=True)
