@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.checkpoint import CheckpointError
 from pretrain.config import ConfigError
+from pretrain.data import DataError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -13,6 +15,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     train(cfg)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pretrain.export import export
+
+    out = export(args.source, args.out)
+    print(f"exported {args.source} -> {out} (load with AutoModelForCausalLM.from_pretrained)")
     return 0
 
 
@@ -67,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- further subcommands register below (one add_parser block each) --
 
+    e = sub.add_parser("export", help="write a checkpoint as an HF model directory (config, safetensors, tokenizer)")
+    e.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_cmd_export)
+
     s = sub.add_parser("schedule", help="print and plot the LR schedule of one or more training configs")
     s.add_argument("config", help="training YAML (schedule, optim.lr and budget are read)")
     s.add_argument("--compare", nargs="+", default=[], metavar="YAML", help="more configs drawn on the same plot")
@@ -93,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"pretrain: config error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
 
 

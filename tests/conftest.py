@@ -106,3 +106,14 @@ def free_port() -> int:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def fixture_tokens(tmp_path_factory) -> Path:
+    """The committed real-text fixture corpus, tokenized with a small sentencepiece vocabulary."""
+    from data_select.tokenize import tokenize_corpus
+
+    out = tmp_path_factory.mktemp("fixture-tokens")
+    tokenize_corpus([str(FIXTURE_CORPUS / "*.jsonl")], out, vocab_size=512, val_fraction=0.1, num_workers=1,
+                    progress=False)
+    return out / "manifest.json"

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pretrain.cli import main as pretrain_main
+from pretrain.config import from_dict
+from pretrain.data import TokenData, eval_batches
+from pretrain.trainer import train
+from tests.conftest import base_config
+
+
+@pytest.mark.parametrize("family", ["llama", "olmo2"])
+def test_export_loads_without_project_code_and_matches_trainer_loss(tmp_path, fixture_tokens, family):
+    cfg = base_config(fixture_tokens, tmp_path / "run", model={"family": family},
+                      budget={"steps": 6}, eval={"every": 0, "batches": 1}, data={"seq_len": 64})
+    res = train(from_dict(cfg))
+    out = tmp_path / "hf"
+    assert pretrain_main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = eval_batches(TokenData(fixture_tokens), seq_len=64, micro_batch_size=4, max_batches=1)[0]
+    with torch.no_grad():
+        loss = model(input_ids=batch, labels=batch).loss.item()
+    assert loss == pytest.approx(res.final_val_loss, rel=1e-5)
+    assert tok.eos_token_id == TokenData(fixture_tokens).eos_id
+    ids = tok("def main():\n    return 0\n", add_special_tokens=False).input_ids
+    assert tok.decode(ids) == "def main():\n    return 0\n"
+
+    # A clean interpreter that never imports this project loads it too.
+    code = ("import sys, transformers; m = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]); "
+            "assert 'pretrain' not in sys.modules; print(type(m).__name__)")
+    p = subprocess.run([sys.executable, "-I", "-c", code, str(out)], capture_output=True, text=True, cwd=tmp_path,
+                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == {"llama": "LlamaForCausalLM", "olmo2": "Olmo2ForCausalLM"}[family]
+
+
+def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert pretrain_main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
