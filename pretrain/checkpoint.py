@@ -81,7 +81,7 @@ def write_rng(tmp: Path, rank: int) -> None:
     torch.save(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
 
 
-def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int) -> Path:
+def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int, pinned: tuple[int, ...] = ()) -> Path:
     """Hash every file, write checkpoint.json, rename into place, move ``latest``, prune (rank 0)."""
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     listing = [{"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
@@ -92,7 +92,8 @@ def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int) -> Path:
     os.replace(tmp, final)
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
     if keep_last > 0:
-        done = sorted(p for p in ckpt_root.glob(f"{CKPT_PREFIX}*") if p.is_dir())
+        keep = {step_dir_name(s) for s in pinned}
+        done = sorted(p for p in ckpt_root.glob(f"{CKPT_PREFIX}*") if p.is_dir() and p.name not in keep)
         for old in done[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final

@@ -18,6 +18,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_branch(args: argparse.Namespace) -> int:
+    from pretrain.branching import branch
+
+    result = branch(args.source, decay_steps=args.decay_steps, out=args.out, shape=args.shape,
+                    min_lr_ratio=args.min_lr_ratio, export_hf=not args.no_export, overrides=args.overrides)
+    print(f"branch finished at step {result.step}: val loss {result.final_val_loss:.4f}; run {result.run_dir}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pretrain.branching import run_plan
+    from pretrain.config import load_config
+
+    run_plan(load_config(args.config, args.overrides), mode=args.mode)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pretrain.export import export
 
@@ -77,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- further subcommands register below (one add_parser block each) --
 
+    b = sub.add_parser("branch", help="decay a stable-phase checkpoint into a finished model (a new run)")
+    b.add_argument("--from", dest="source", required=True, help="RUN/checkpoints/step-N (or a run: its latest)")
+    b.add_argument("--decay-steps", type=int, required=True)
+    b.add_argument("--shape", help="decay shape (default: the main run's): linear, cosine, 1-sqrt, inv, exp")
+    b.add_argument("--min-lr-ratio", type=float, help="LR floor as a fraction of the peak (default: the main run's)")
+    b.add_argument("--out", required=True, help="run directory of the branch")
+    b.add_argument("--no-export", action="store_true", help="skip writing OUT/hf")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the branch config (e.g. eval.batches=0)")
+    b.set_defaults(func=_cmd_branch)
+
+    pl = sub.add_parser("plan", help="train a WSD main run once and branch a finished model for every budget")
+    pl.add_argument("config", help="training YAML with budget.budgets: [B1, B2, ...] and a wsd schedule")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--mode", choices=["wsd", "wsds"], default="wsd",
+                    help="wsd: branch off one main run; wsds: continue the main run from each decayed model (WSD-S)")
+    pl.set_defaults(func=_cmd_plan)
+
     e = sub.add_parser("export", help="write a checkpoint as an HF model directory (config, safetensors, tokenizer)")
     e.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")
     e.add_argument("--out", required=True)
@@ -112,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, FileNotFoundError) as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ class BudgetConfig:
 class CheckpointConfig:
     every: int = 0  # optimizer steps; 0 = only at the end
     keep_last: int = 3
+    at_steps: list[int] = field(default_factory=list)  # also save here and never prune (branch points)
     resume: str = "none"  # none | auto | PATH
     save_final: bool = True
 

@@ -151,7 +151,7 @@ class AccelerateEngine:
             inner.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
     def close(self) -> None:
-        self.accelerator.end_training()
+        """Keep the process group: a plan trains several runs in one launcher job."""
 
 
 class DeepSpeedEngine:

@@ -64,9 +64,11 @@ class Evaluate(Callback):
 class Checkpoint(Callback):
     every: int
     save_final: bool
+    at_steps: tuple[int, ...] = ()
 
     def on_step_end(self, trainer, step):
-        if self.every and step % self.every == 0 and step != trainer.total_steps:
+        due = (self.every and step % self.every == 0) or step in self.at_steps
+        if due and step != trainer.total_steps:
             trainer.save_checkpoint()
 
     def on_train_end(self, trainer):
@@ -194,7 +196,8 @@ class Trainer:
         self.engine.barrier()
         final = self.ckpt_root / ckpt_io.step_dir_name(self.step)
         if self.is_main:
-            ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last)
+            ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last,
+                             tuple(self.cfg.checkpoint.at_steps))
         self.engine.barrier()
         self.last_ckpt_step = self.step
         return final
@@ -248,7 +251,8 @@ class Trainer:
                                     start_step=self.step, wandb_mode=cfg.logging.wandb_mode,
                                     wandb_project=cfg.logging.wandb_project, config=to_dict(cfg),
                                     progress=cfg.logging.progress)
-        callbacks: list[Callback] = [Evaluate(cfg.eval.every), Checkpoint(cfg.checkpoint.every, cfg.checkpoint.save_final)]
+        callbacks: list[Callback] = [Evaluate(cfg.eval.every), Checkpoint(cfg.checkpoint.every, cfg.checkpoint.save_final,
+                                                                     tuple(cfg.checkpoint.at_steps))]
         peak_lr, accum = cfg.optim.lr, self.accum_steps
         try:
             while self.step < self.total_steps:
