@@ -7,8 +7,9 @@ multipliers are exactly 1.0 in the stable phase whatever the budget, a WSD run o
 decay D and a main run branched at B - D with D decay steps take identical steps.
 
 Plans (``budget.budgets``):
-- ``wsd``: the main run trains once to the largest budget; every smaller budget branches off
-  it at its decay start (Hägele et al. 2405.18392; MiniCPM 2404.06395).
+- ``wsd``: the main run trains the stable phase once, up to the largest budget's decay start;
+  every budget branches off it at its own decay start (Hägele et al. 2405.18392; MiniCPM
+  2404.06395).
 - ``wsds`` (WSD-S, Wen et al. 2410.05192): the main branch stops at each decay start, the decay
   yields that budget's model, and the main branch continues *from the decayed checkpoint* at
   peak LR with no re-warmup, so no decay is thrown away.
@@ -82,7 +83,7 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.init.load_optimizer = cfg.init.load_data_state = True
     cfg.checkpoint.resume = "none"
     cfg.checkpoint.at_steps = []
-    cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets = n + decay_steps, None, []
+    cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets, cfg.budget.stop_at = n + decay_steps, None, [], None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
     cfg.schedule.params = {"decay_steps": decay_steps, "decay_shape": shape}
@@ -151,18 +152,17 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
         main = copy.deepcopy(cfg)
         main.run_dir = str(root / "main")
         main.budget.steps, main.budget.tokens, main.budget.budgets = points[-1].steps, None, []
+        main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
         main.checkpoint.at_steps = [p.branch_step for p in points[:-1]]
-        result = train(main)
-        _export_main(result)
-        spent = points[-1].steps
-        for p in points[:-1]:
+        train(main)
+        spent = points[-1].branch_step
+        for p in points:
             ckpt = Path(main.run_dir) / "checkpoints" / ckpt_io.step_dir_name(p.branch_step)
             r = branch(ckpt, decay_steps=p.decay_steps, out=root / f"budget-{p.budget}")
             spent += p.decay_steps
             rows.append(_row(p, r, tps))
-        rows.append(_row(points[-1], result, tps))
     else:
         previous: Path | None = None
         for p in points:

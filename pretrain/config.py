@@ -81,6 +81,7 @@ class BudgetConfig:
     global_batch_size: int = 8  # sequences per optimizer step, over all ranks
     micro_batch_size: int = 8  # sequences per forward pass on one rank
     budgets: list[int] = field(default_factory=list)  # multi-budget plans (same unit as tokens/steps)
+    stop_at: int | None = None  # optimizer step to stop at early; the schedule still spans the whole budget
 
 
 @dataclass

@@ -52,7 +52,7 @@ class Evaluate(Callback):
     every: int
 
     def on_step_end(self, trainer, step):
-        if self.every and step % self.every == 0 and step != trainer.total_steps:
+        if self.every and step % self.every == 0 and step != trainer.stop_step:
             trainer.evaluate()
 
     def on_train_end(self, trainer):
@@ -68,7 +68,7 @@ class Checkpoint(Callback):
 
     def on_step_end(self, trainer, step):
         due = (self.every and step % self.every == 0) or step in self.at_steps
-        if due and step != trainer.total_steps:
+        if due and step != trainer.stop_step:
             trainer.save_checkpoint()
 
     def on_train_end(self, trainer):
@@ -97,6 +97,11 @@ class Trainer:
         self.data = TokenData(cfg.data.manifest)
         self.vocab_size = resolve_vocab_size(cfg.model, self.data.vocab_size)
         self.total_steps = total_steps_of(cfg)
+        self.stop_step = self.total_steps if cfg.budget.stop_at is None else cfg.budget.stop_at
+        if not 0 < self.stop_step <= self.total_steps:
+            from pretrain.config import ConfigError
+
+            raise ConfigError(f"budget.stop_at {cfg.budget.stop_at} must be in [1, {self.total_steps}] (the budget in steps)")
         _, _, world = world_info()
         b = cfg.budget
         if b.global_batch_size % (b.micro_batch_size * world):
@@ -247,7 +252,7 @@ class Trainer:
                   f"{self.engine.precision}; budget {self.total_steps} steps x {self.loader.tokens_per_step:,} tokens "
                   f"= {self.total_steps * self.loader.tokens_per_step:,} tokens of "
                   f"{self.loader.num_sequences * cfg.data.seq_len:,} in one epoch", flush=True)
-        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, total_steps=self.total_steps,
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, total_steps=self.stop_step,
                                     start_step=self.step, wandb_mode=cfg.logging.wandb_mode,
                                     wandb_project=cfg.logging.wandb_project, config=to_dict(cfg),
                                     progress=cfg.logging.progress)
@@ -255,7 +260,7 @@ class Trainer:
                                                                      tuple(cfg.checkpoint.at_steps))]
         peak_lr, accum = cfg.optim.lr, self.accum_steps
         try:
-            while self.step < self.total_steps:
+            while self.step < self.stop_step:
                 t0 = time.perf_counter()
                 mult = self._mult(self.step)
                 self.engine.set_lr(peak_lr * mult)
@@ -272,7 +277,7 @@ class Trainer:
                           "tokens_per_s": tok_s, "time": dt}
                 if self.peak_flops:
                     record["mfu"] = tok_s * self.flops_per_token / self.peak_flops
-                if self.step % cfg.logging.log_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.logging.log_every == 0 or self.step == self.stop_step:
                     self.log(record)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping (lower optim.lr?)")

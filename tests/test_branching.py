@@ -101,7 +101,10 @@ def test_three_budget_plan(tmp_path, fixture_tokens, mode):
     tps = 8 * 32
     assert report["separate_runs_tokens"] == (8 + 16 + 24) * tps
     if mode == "wsd":
-        assert report["plan_tokens"] == (24 + 2 + 4) * tps
+        # the main branch trains only the stable phase, to the last decay start (24 - 6); all budgets branch off it
+        assert report["plan_tokens"] == (18 + 2 + 4 + 6) * tps
+        main = read_jsonl(tmp_path / "plan" / "main" / "metrics.jsonl")
+        assert max(r["step"] for r in main) == 18 and all(r["lr_mult"] == 1.0 for r in main if r["type"] == "train" and r["step"] > 2)
     else:
         assert report["plan_tokens"] == 24 * tps
         # WSD-S: budget 16 continued from the decayed budget-8 model at step 8, at peak LR, no re-warmup
