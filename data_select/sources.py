@@ -136,6 +136,12 @@ def _expand(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                     push(p, f)
             else:
                 push(p.parent, p)
+    roots = {os.path.abspath(root) for root, _ in out}
+    if len(roots) > 1:
+        # Several inputs: ids are relative to their common folder, so json/__init__.py and
+        # email/__init__.py stay distinct documents instead of colliding as __init__.py.
+        common = Path(os.path.commonpath(sorted(roots)))
+        out = [(common, path) for _, path in out]
     return out
 
 
@@ -410,7 +416,8 @@ def iter_documents(inputs: list[str | Path], *, text_field: str = "text", domain
                    domain_from_dir: bool = False) -> Iterator[Document]:
     """Yield every usable document of ``inputs``; count every unusable one in ``rejections``.
 
-    Ids: a text file's path relative to its input root; ``"<relpath>:<n>"`` for records (JSONL
+    Ids: a text file's path relative to its input root (the common folder of all inputs when there
+    are several); ``"<relpath>:<n>"`` for records (JSONL
     1-based line number, Parquet 0-based row) unless ``id_field`` names a field. Later duplicates
     of an id are rejected. ``domain_from_dir`` sets the domain of records without one to the first
     directory component of the file's relative path. Raises :class:`NoDocumentsError` (after
@@ -424,10 +431,7 @@ def iter_documents(inputs: list[str | Path], *, text_field: str = "text", domain
     yielded = 0
     bar = tqdm(files, desc="reading", unit="file", disable=not progress)
     for root, path in bar:
-        try:
-            rel = path.relative_to(root).as_posix()
-        except ValueError:
-            rel = path.as_posix()
+        rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
         source = str(path)
         kind, codec = _kind(path)
         n_before = yielded

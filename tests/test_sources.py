@@ -102,7 +102,7 @@ def test_bad_inputs_are_counted_by_reason_and_add_up(tmp_path):
 
     rej = Rejections()
     docs = list(iter_documents([root, tmp_path / "missing-dir"], id_field="id", max_doc_bytes=limit, rejections=rej))
-    assert sorted(d.id for d in docs) == ["good.txt", "r1"]
+    assert sorted(d.id for d in docs) == ["bad/good.txt", "r1"]  # two inputs: ids relative to their common folder
     assert rej.counts == {
         "empty": 5,  # empty.txt, blank.txt, record r4, a JSONL file and a Parquet file without records
         "binary": 1,
@@ -159,9 +159,14 @@ def test_duplicate_relative_paths_across_roots(tmp_path):
         (tmp_path / name / "README").write_text(f"readme of {name}\n")
     rej = Rejections()
     docs = list(iter_documents([tmp_path / "a", tmp_path / "b"], rejections=rej))
-    assert [d.text for d in docs] == ["readme of a\n"]
-    assert rej.counts == {"duplicate_id": 1}
-    assert rej.examples["duplicate_id"][0]["where"] == str(tmp_path / "b" / "README")
+    assert [(d.id, d.text) for d in docs] == [("a/README", "readme of a\n"), ("b/README", "readme of b\n")]
+    assert rej.counts == {}
+    (tmp_path / "a" / "x.jsonl").write_text('{"id": "k", "text": "one"}\n')
+    (tmp_path / "b" / "y.jsonl").write_text('{"id": "k", "text": "two"}\n')
+    rej = Rejections()
+    docs = list(iter_documents([tmp_path / "a" / "x.jsonl", tmp_path / "b" / "y.jsonl"], id_field="id", rejections=rej))
+    assert [d.text for d in docs] == ["one"] and rej.counts == {"duplicate_id": 1}
+    assert rej.examples["duplicate_id"][0]["where"].startswith(str(tmp_path / "b" / "y.jsonl"))
 
 
 def test_list_files_order_globs_and_dedup(tmp_path):
