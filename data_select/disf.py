@@ -1,0 +1,336 @@
+"""DiSF: diversified file selection (Fan et al., ICLR 2025), exact and vectorised.
+
+The score of a set U of n files (rows) with d feature dimensions is the paper's
+
+    Z = column-wise z-score of U (ddof=1),   C = ZᵀZ / (n-1),   score(U) = Σ_{i≠j} C_ij²
+
+Minimising it with the trace fixed flattens the eigen-spectrum of C (Σλ² falls), so the picked
+files are decorrelated. The released code divides the score by 10000; that constant does not
+move the arg-min, so it is left out here.
+
+Zero-variance dimensions: a dimension that is exactly constant over U (max == min) has no
+z-score; we define z = 0 there, i.e. it is uncorrelated with everything and contributes nothing
+(C_jj = 0 too, so it is not counted on the diagonal either). One consequence: at n = 2 an exact
+duplicate of the first file makes every dimension constant and scores 0, so run near-duplicate
+removal (:func:`data_select.baselines.dedup`) before DiSF on pools that may hold copies.
+
+Greedy (per batch): start from one seeded random file and repeatedly add the candidate with the
+lowest score of (selected ∪ {candidate}). :func:`naive_greedy` does literally that with
+:func:`score`; :func:`greedy` gets the same picks far faster via ‖ZᵀZ‖_F = ‖ZZᵀ‖_F: for every
+candidate at once it forms the (n×n) Gram matrix of the standardised rows from running sums of
+the selected set (the candidate shifts each dimension's mean by δ = (x_c − mean_S)/n and sets its
+variance to (q + m(m+1)δ² − 2δr)/(n−1)), so each pick costs one (N×d)·(d×m²/2) matrix product.
+
+Ties: scores within 1e-9·(best + d) of the best are equal (at n = 2 every candidate ties in
+exact arithmetic, and the two methods round differently; best + d bounds ‖C‖_F², the scale of
+the rounding error); among tied candidates the one earliest in a seeded random priority order
+wins. Both methods share that rule, so they pick identically.
+
+Distributed use: :func:`batch_plan` is a pure function of (n, batch_size, seed) and each batch's
+random start depends only on (seed, batch_id), so under torchrun rank r may run
+``select_batches(features, plan, range(r, len(plan), world), ...)`` and the union of all ranks'
+results, merged in batch-id order with :func:`merge_batches`, equals ``select(...)``.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+TIE_RTOL = 1e-9
+
+
+class DisfError(ValueError):
+    """Bad input to DiSF selection; the message says which argument or row."""
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Column z-scores (ddof=1) with z = 0 on exactly-constant columns."""
+    x = np.asarray(x, dtype=np.float64)
+    const = x.max(axis=0) == x.min(axis=0)
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0, ddof=1)
+    sd[const] = 1.0
+    z = (x - mu) / sd
+    z[:, const] = 0.0
+    return z
+
+
+def score(features_subset: np.ndarray) -> float:
+    """DiSF score Σ_{i≠j} C_ij² of a set of rows (the paper's formula, d×d form, no /10000).
+
+    Sets with fewer than 2 rows have no correlation and score 0.
+    """
+    x = np.asarray(features_subset, dtype=np.float64)
+    if x.ndim != 2:
+        raise DisfError(f"score() needs a 2-D (files, dims) array, got shape {x.shape}")
+    n = x.shape[0]
+    if n < 2:
+        return 0.0
+    z = _standardise(x)
+    c = z.T @ z / (n - 1)
+    return float((c * c).sum() - (np.diag(c) ** 2).sum())
+
+
+def _priority(n: int, tie_seed: int) -> np.ndarray:
+    """Rank of each candidate in a seeded random order (lower wins a tie)."""
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.random.default_rng(tie_seed).permutation(n)] = np.arange(n)
+    return rank
+
+
+def _argmin_tied(scores: np.ndarray, cand: np.ndarray, rank: np.ndarray, d: int) -> int:
+    """The shared tie rule: scores within TIE_RTOL·(best + d) of the best tie (‖C‖_F² ≤ best + d
+    sets the scale of rounding error); among them the lowest priority rank wins."""
+    best = scores.min()
+    tied = cand[scores <= best + TIE_RTOL * (abs(best) + d)]
+    return int(tied[np.argmin(rank[tied])])
+
+
+def _check(features: np.ndarray, k: int, init: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise DisfError(f"features must be a 2-D (files, dims) array, got shape {x.shape}")
+    n = x.shape[0]
+    init = [int(i) for i in init]
+    if not init:
+        raise DisfError("init must hold at least one starting row")
+    if len(set(init)) != len(init) or min(init) < 0 or max(init) >= n:
+        raise DisfError(f"init {init} must be distinct row indices in [0, {n})")
+    if not len(init) <= k <= n:
+        raise DisfError(f"k={k} must lie between len(init)={len(init)} and the number of rows {n}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise DisfError(f"features hold NaN/inf in {int(bad.sum())} row(s), first at row {int(np.argmax(bad))}")
+    return x, init
+
+
+def naive_greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, tie_seed: int = 0) -> list[int]:
+    """Reference greedy: re-score every candidate from scratch with :func:`score` (tests/bench only)."""
+    x, picked = _check(features, k, init)
+    rank = _priority(x.shape[0], tie_seed)
+    while len(picked) < k:
+        cand = np.setdiff1d(np.arange(x.shape[0]), picked)
+        scores = np.array([score(x[picked + [c]]) for c in cand])
+        picked.append(_argmin_tied(scores, cand, rank, x.shape[1]))
+    return picked
+
+
+class _Workspace:
+    """Buffers reused across picks: fresh (rows × dims) temporaries every pick cost more in
+    page faults than in arithmetic."""
+
+    def __init__(self, rows: int, dims: int, k: int):
+        pairs = max(1, k * (k - 1) // 2)
+        self.delta = np.empty((rows, dims))
+        self.w = np.empty((rows, dims))
+        self.wd = np.empty((rows, dims))
+        self.pair_flat = np.empty(rows * pairs)
+        self.tmp_flat = np.empty(rows * pairs)
+
+    def pairs(self, rows: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        return (self.pair_flat[: rows * count].reshape(rows, count),
+                self.tmp_flat[: rows * count].reshape(rows, count))
+
+
+def _candidate_scores(x: np.ndarray, picked: list[int], ws: _Workspace | None = None) -> np.ndarray:
+    """score(x[picked + [c]]) for every row c of x at once, via the (m+1)×(m+1) Gram matrices.
+
+    Entries for rows already in ``picked`` are meaningless; callers mask them.
+    """
+    rows, d = x.shape
+    s = x[picked]
+    m = len(picked)
+    n = m + 1
+    if ws is None:
+        ws = _Workspace(rows, d, n)
+    mean_s = s.mean(axis=0)
+    u = s - mean_s  # (m, d) deviations of the selected rows from their own mean
+    q = (u * u).sum(axis=0)
+    r = u.sum(axis=0)  # ~0; kept so the variance update stays exact to rounding
+    col_const = s.max(axis=0) == s.min(axis=0)
+
+    delta = np.subtract(x, mean_s, out=ws.delta)
+    delta *= 1.0 / n  # shift of each dimension's mean when the candidate joins
+    var = np.multiply(delta, m * (m + 1), out=ws.w)
+    var -= 2.0 * r
+    var *= delta
+    var += q  # sum of squared deviations of selected ∪ {candidate}, per dimension
+    nonconst = np.full(rows, float(d))
+    cc = np.flatnonzero(col_const)
+    if cc.size:
+        # Constant over the new set: constant over the selection and the candidate equals it.
+        const = x[:, cc] == s[0, cc]
+        sub = var[:, cc]
+        sub[const] = 1.0
+        var[:, cc] = sub
+        nonconst -= const.sum(axis=1)
+    w = np.divide(n - 1, var, out=var)  # 1/σ² per candidate and dimension
+    if cc.size:
+        sub = w[:, cc]
+        sub[const] = 0.0
+        w[:, cc] = sub
+    wd = np.multiply(w, delta, out=ws.wd)
+    wdd = np.einsum("cj,cj->c", wd, delta)
+
+    ia, ib = np.triu_indices(m)
+    g_ss, tmp = ws.pairs(rows, len(ia))
+    np.matmul(w, (u[ia] * u[ib]).T, out=g_ss)  # Σ_j w_cj u_aj u_bj for pairs a ≤ b
+    lin = wd @ u.T  # Σ_j w_cj δ_cj u_aj
+    g_ss -= np.take(lin, ia, axis=1, out=tmp)
+    g_ss -= np.take(lin, ib, axis=1, out=tmp)
+    g_ss += wdd[:, None]
+    g_ss *= g_ss
+    g_sc = m * (lin - wdd[:, None])
+    g_cc = m * m * wdd
+    sumsq = g_ss @ np.where(ia == ib, 1.0, 2.0) + 2.0 * (g_sc * g_sc).sum(axis=1) + g_cc * g_cc
+    return sumsq / float(m * m) - nonconst
+
+
+def greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, tie_seed: int = 0) -> list[int]:
+    """Exact fast DiSF greedy: the same picks as :func:`naive_greedy`, in pick order.
+
+    Memory: three (rows × dims) float64 buffers plus (rows × k²/2) for the Gram entries.
+    """
+    x, picked = _check(features, k, init)
+    rank = _priority(x.shape[0], tie_seed)
+    available = np.ones(x.shape[0], dtype=bool)
+    available[picked] = False
+    ws = _Workspace(*x.shape, k)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows already picked are masked below
+        while len(picked) < k:
+            cand = np.flatnonzero(available)
+            scores = _candidate_scores(x, picked, ws)[cand]
+            c = _argmin_tied(scores, cand, rank, x.shape[1])
+            picked.append(c)
+            available[c] = False
+    return picked
+
+
+def batch_plan(n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Shuffle the pool with ``seed`` and cut it into batches; the last may be partial."""
+    if batch_size < 1:
+        raise DisfError(f"batch_size must be >= 1, got {batch_size}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def batch_k(batch_len: int, *, batch_size: int, k_per_batch: int | None = None, ratio: float | None = None) -> int:
+    """Files to pick from a batch of ``batch_len``: a partial batch gets its proportional share, ≥ 1."""
+    if (k_per_batch is None) == (ratio is None):
+        raise DisfError("give exactly one of k_per_batch or ratio")
+    if batch_len == 0:
+        return 0
+    if ratio is not None:
+        if not 0.0 < ratio <= 1.0:
+            raise DisfError(f"ratio must be in (0, 1], got {ratio}")
+        k = round(ratio * batch_len)
+    else:
+        if k_per_batch < 1:
+            raise DisfError(f"k_per_batch must be >= 1, got {k_per_batch}")
+        k = k_per_batch if batch_len == batch_size else round(k_per_batch * batch_len / batch_size)
+    return int(min(batch_len, max(1, k)))
+
+
+def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: int, batch_id: int) -> np.ndarray:
+    """Greedy DiSF inside one batch; returns pool indices in pick order.
+
+    The random start and the tie order depend only on (seed, batch_id), never on which worker
+    or rank runs the batch.
+    """
+    pool_idx = np.asarray(pool_idx)
+    if k == 0 or len(pool_idx) == 0:
+        return pool_idx[:0]
+    rng = np.random.default_rng([seed, batch_id])
+    start = int(rng.integers(len(pool_idx)))
+    tie_seed = int(rng.integers(2**63 - 1))
+    x = np.asarray(features[pool_idx], dtype=np.float64)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise DisfError(f"features hold NaN/inf at row {int(pool_idx[np.argmax(bad)])} (batch {batch_id})")
+    return pool_idx[greedy(x, k, (start,), tie_seed=tie_seed)]
+
+
+def select_batches(
+    features: np.ndarray,
+    plan: Sequence[np.ndarray],
+    batch_ids: Iterable[int],
+    *,
+    k_per_batch: int | None = None,
+    ratio: float | None = None,
+    batch_size: int = 1024,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[int, np.ndarray]:
+    """Run the batches ``batch_ids`` of ``plan`` (e.g. ``range(rank, len(plan), world)``)."""
+    ids = list(batch_ids)
+    out = {}
+    for b in tqdm(ids, desc="DiSF batches", disable=not progress):
+        k = batch_k(len(plan[b]), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio)
+        out[b] = select_batch(features, plan[b], k, seed=seed, batch_id=b)
+    return out
+
+
+def merge_batches(results: Iterable[dict[int, np.ndarray]]) -> np.ndarray:
+    """Union of per-rank results, in batch-id order then pick order."""
+    merged: dict[int, np.ndarray] = {}
+    for part in results:
+        merged.update(part)
+    if not merged:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([merged[b] for b in sorted(merged)]).astype(np.int64)
+
+
+_WORKER_FEATURES: np.ndarray | None = None
+
+
+def _init_worker(features: np.ndarray) -> None:
+    """Keep one reference per worker (inherited, not copied, under fork); one BLAS thread each."""
+    global _WORKER_FEATURES
+    _WORKER_FEATURES = features
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def _worker_batch(job: tuple) -> tuple[int, np.ndarray]:
+    b, pool_idx, k, seed = job
+    return b, select_batch(_WORKER_FEATURES, pool_idx, k, seed=seed, batch_id=b)
+
+
+def select(
+    features: np.ndarray,
+    *,
+    k_per_batch: int | None = None,
+    ratio: float | None = None,
+    batch_size: int = 1024,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = False,
+) -> np.ndarray:
+    """DiSF selection over a whole pool: indices into ``features``, by batch then pick order.
+
+    Unlike the released code, the last partial batch is not dropped: it gets its proportional
+    share (see :func:`batch_k`). The result does not depend on ``workers``.
+    """
+    if getattr(features, "ndim", None) != 2:
+        raise DisfError(f"features must be a 2-D (files, dims) array, got shape {getattr(features, 'shape', None)}")
+    plan = batch_plan(features.shape[0], batch_size, seed)
+    ks = [batch_k(len(p), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for p in plan]
+    if workers <= 1 or len(plan) <= 1:
+        res = select_batches(features, plan, range(len(plan)), k_per_batch=k_per_batch, ratio=ratio,
+                             batch_size=batch_size, seed=seed, progress=progress)
+        return merge_batches([res])
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    jobs = [(b, plan[b], ks[b], seed) for b in range(len(plan))]
+    res = {}
+    with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(features,)) as pool:
+        it = pool.imap_unordered(_worker_batch, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
+        for b, picked in tqdm(it, total=len(jobs), desc="DiSF batches", disable=not progress):
+            res[b] = picked
+    return merge_batches([res])

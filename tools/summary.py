@@ -1,0 +1,40 @@
+"""Print the quickstart's summary: what was curated, what was trained, what each budget got."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", required=True, help="data-select run output directory")
+    p.add_argument("--plan", required=True, help="pretrain plan run directory")
+    p.add_argument("--seconds", type=int, default=None, help="wall time of the whole job")
+    args = p.parse_args()
+    report = json.loads((Path(args.data) / "report.json").read_text())
+    manifest = json.loads((Path(args.data) / "tokens" / "manifest.json").read_text())
+    plan = json.loads((Path(args.plan) / "branches.json").read_text())
+    acc, spec = report["accounting"], report["spectrum"]
+    print("\n=== quickstart summary ===")
+    print(f"data: {acc['input_documents']:,} documents -> {acc['selected']:,} selected by "
+          f"{report['selection']['method']} ({acc['not_selected']:,} not selected, {acc['deduplicated']:,} near-duplicates, "
+          f"{acc['rejected']['total'] if isinstance(acc['rejected'], dict) else acc['rejected']:,} rejected)")
+    top = spec["top_k"]
+    for name in ("selected", "random", "pool"):
+        s = spec[name]
+        print(f"  {name:<9} dominance(top {top}) {s['dominance']:.3f}   effective rank {s['effective_rank']:.1f}")
+    tr = manifest["splits"]["train"]
+    print(f"tokens: {tr['tokens']:,} train / {manifest['splits']['val']['tokens']:,} val, "
+          f"vocab {manifest['tokenizer']['vocab_size']:,} ({manifest['tokenizer']['kind']})")
+    print(f"{'budget':>8} {'tokens':>10} {'val loss':>9}  HF model")
+    for r in plan["budgets"]:
+        print(f"{r['budget']:>8} {r['tokens']:>10,} {r['final_val_loss']:>9.4f}  {r['hf']}")
+    print(f"tokens trained: {plan['plan_tokens']:,} for {len(plan['budgets'])} finished models "
+          f"(separate runs: {plan['separate_runs_tokens']:,})")
+    if args.seconds is not None:
+        print(f"wall time: {args.seconds // 60} min {args.seconds % 60} s")
+
+
+if __name__ == "__main__":
+    main()
