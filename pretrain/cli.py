@@ -35,6 +35,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from pretrain.evaluate import evaluate
+
+    for manifest in args.manifests:
+        result = evaluate(args.source, manifest, split=args.split, seq_len=args.seq_len,
+                          micro_batch_size=args.batch_size, max_batches=args.batches)
+        print(json.dumps(result))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pretrain.export import export
 
@@ -110,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--mode", choices=["wsd", "wsds"], default="wsd",
                     help="wsd: branch off one main run; wsds: continue the main run from each decayed model (WSD-S)")
     pl.set_defaults(func=_cmd_plan)
+
+    ev = sub.add_parser("eval", help="held-out loss of a checkpoint on token manifests (one JSON line each)")
+    ev.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")
+    ev.add_argument("manifests", nargs="+", help="manifest.json (or its directory) tokenized with the model's tokenizer")
+    ev.add_argument("--split", default="val", help="val (default) or train")
+    ev.add_argument("--seq-len", type=int, help="default: the run's data.seq_len")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batches", type=int, default=0, help="micro-batches to evaluate (0 = the whole split)")
+    ev.set_defaults(func=_cmd_eval)
 
     e = sub.add_parser("export", help="write a checkpoint as an HF model directory (config, safetensors, tokenizer)")
     e.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")

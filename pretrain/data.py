@@ -188,16 +188,16 @@ class OneEpochLoader:
 
 
 def eval_batches(data: TokenData, *, seq_len: int, micro_batch_size: int, max_batches: int,
-                 rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
-    """Validation micro-batches in fixed order (no shuffle), strided over ranks."""
-    n = data.num_sequences("val", seq_len)
+                 rank: int = 0, world_size: int = 1, split: str = "val") -> list[torch.Tensor]:
+    """Evaluation micro-batches of ``split`` in fixed order (no shuffle), strided over ranks."""
+    n = data.num_sequences(split, seq_len)
     if n == 0:
-        raise DataError(f"the validation split of {data.path} is shorter than one sequence of {seq_len} tokens")
+        raise DataError(f"the {split!r} split of {data.path} is shorter than one sequence of {seq_len} tokens")
     total = -(-n // micro_batch_size)
     if max_batches:
         total = min(total, max_batches)
     out = []
     for b in range(rank, total, world_size):
         ids = np.arange(b * micro_batch_size, min(n, (b + 1) * micro_batch_size))
-        out.append(torch.from_numpy(data.sequences("val", ids, seq_len)))
+        out.append(torch.from_numpy(data.sequences(split, ids, seq_len)))
     return out

@@ -43,3 +43,16 @@ def test_export_loads_without_project_code_and_matches_trainer_loss(tmp_path, fi
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert pretrain_main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_eval_matches_trainer_and_refuses_another_tokenizer(tmp_path, fixture_tokens, synthetic_data, capsys):
+    cfg = base_config(fixture_tokens, tmp_path / "run", budget={"steps": 3}, eval={"every": 0, "batches": 0},
+                      data={"seq_len": 64})
+    res = train(from_dict(cfg))
+    assert pretrain_main(["eval", str(tmp_path / "run"), str(fixture_tokens)]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["loss"] == pytest.approx(res.final_val_loss, rel=1e-6)
+    assert pretrain_main(["eval", str(tmp_path / "run"), str(synthetic_data)]) == 2
+    assert "tokenizer" in capsys.readouterr().err
