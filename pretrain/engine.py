@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pretrain.checkpoint import CheckpointError
 from pretrain.config import ConfigError, TrainConfig
 
 _OPTIM_FILE = "optimizer.pt"
@@ -96,6 +97,11 @@ class AccelerateEngine:
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
+    @property
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside accelerate's wrapper (its state_dict is the portable one)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
     def forward_backward(self, tokens: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
         """Loss of one micro-batch (labels = inputs, shifted inside the HF model); grads accumulate."""
         ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
@@ -129,26 +135,19 @@ class AccelerateEngine:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.unwrapped.state_dict().items()}
-
     def save(self, tmp: Path) -> None:
         """Model and optimizer are replicated under DDP: rank 0 writes both."""
         if self.rank == 0:
             save_model(self.unwrapped, tmp / _MODEL_FILE)
-            torch.save(self.optimizer.optimizer.state_dict() if hasattr(self.optimizer, "optimizer")
-                       else self.optimizer.state_dict(), tmp / _OPTIM_FILE)
+            torch.save(self._inner_optimizer.state_dict(), tmp / _OPTIM_FILE)
 
     def load(self, ckpt: Path, load_optimizer: bool) -> None:
         load_model(self.unwrapped, ckpt / _MODEL_FILE)
         if load_optimizer:
             f = ckpt / _OPTIM_FILE
             if not f.is_file():
-                from pretrain.checkpoint import CheckpointError
-
                 raise CheckpointError(f"checkpoint {ckpt} has no optimizer state ({_OPTIM_FILE}); cannot continue training from it")
-            inner = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-            inner.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+            self._inner_optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
     def close(self) -> None:
         """Keep the process group: a plan trains several runs in one launcher job."""
@@ -251,8 +250,6 @@ class DeepSpeedEngine:
 
     def load(self, ckpt: Path, load_optimizer: bool) -> None:
         if not (ckpt / "ds" / "state").is_dir():
-            from pretrain.checkpoint import CheckpointError
-
             raise CheckpointError(f"checkpoint {ckpt} was not written by the DeepSpeed engine (no ds/state); "
                                   "continue it with the engine that wrote it, or export it and start a new run")
         self.model.load_checkpoint(str(ckpt / "ds"), tag="state", load_optimizer_states=load_optimizer,
@@ -279,8 +276,6 @@ def load_model(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
-        from pretrain.checkpoint import CheckpointError
-
         raise CheckpointError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from pretrain import checkpoint as ckpt_io
 from pretrain.budget import total_steps_of
-from pretrain.config import TrainConfig, save_config, to_dict
+from pretrain.config import ConfigError, TrainConfig, save_config, to_dict
 from pretrain.data import OneEpochLoader, TokenData, eval_batches
 from pretrain.engine import make_engine, world_info
 from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
@@ -99,14 +99,10 @@ class Trainer:
         self.total_steps = total_steps_of(cfg)
         self.stop_step = self.total_steps if cfg.budget.stop_at is None else cfg.budget.stop_at
         if not 0 < self.stop_step <= self.total_steps:
-            from pretrain.config import ConfigError
-
             raise ConfigError(f"budget.stop_at {cfg.budget.stop_at} must be in [1, {self.total_steps}] (the budget in steps)")
         _, _, world = world_info()
         b = cfg.budget
         if b.global_batch_size % (b.micro_batch_size * world):
-            from pretrain.config import ConfigError
-
             raise ConfigError(f"budget.global_batch_size {b.global_batch_size} must be a multiple of "
                               f"budget.micro_batch_size {b.micro_batch_size} x {world} processes")
         self.accum_steps = b.global_batch_size // (b.micro_batch_size * world)
@@ -168,8 +164,6 @@ class Trainer:
             self.loader.load_state(state["loader"])
         self.step = int(state["step"])
         if self.step > self.total_steps:
-            from pretrain.config import ConfigError
-
             raise ConfigError(f"checkpoint {src} is at step {self.step}, past this run's budget of {self.total_steps} steps")
         if state.get("world_size") == self.world_size:
             ckpt_io.load_rng(src, self.rank)

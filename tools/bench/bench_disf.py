@@ -16,6 +16,7 @@ first times IVF near-duplicate removal and its recall of the planted copies.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from data_select import baselines, disf, spectrum  # noqa: E402
 
 
-def bench_batch(n: int, d: int, k: int, seed: int, naive_candidates: int | None) -> None:
+def bench_batch(n: int, d: int, k: int, seed: int, naive_candidates: int | None) -> dict:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(np.float32)
     init = (int(rng.integers(n)),)
@@ -71,9 +72,11 @@ def bench_batch(n: int, d: int, k: int, seed: int, naive_candidates: int | None)
         print(f"naive_greedy EXTRAPOLATED from {calls} of {total_calls} score() calls: {t_naive:.2f} s; "
               f"sampled scores agree: yes")
     print(f"speed-up naive / greedy: {t_naive / t_fast:.0f}x")
+    return {"batch": n, "dims": d, "k": k, "greedy_s": t_fast, "naive_s": t_naive, "speedup": t_naive / t_fast,
+            "naive_measured": naive_candidates is None}
 
 
-def bench_scale(n: int, d: int, workers: int, seed: int, dedup_nlist: int | None, rank: int = 16) -> None:
+def bench_scale(n: int, d: int, workers: int, seed: int, dedup_nlist: int | None, rank: int = 16) -> dict:
     with tempfile.TemporaryDirectory(prefix="disf-scale-") as tmp:
         path = Path(tmp) / "features.npy"
         feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
@@ -117,6 +120,8 @@ def bench_scale(n: int, d: int, workers: int, seed: int, dedup_nlist: int | None
             print(f"  {name:8s} files={r['files']:>8d} dominance(top10)={r['dominance']:.3f} "
                   f"effective_rank={r['effective_rank']:.1f}")
         del feats
+    return {"files": n, "dims": d, "workers": workers, "selected": int(len(sel)), "select_wall_s": t_sel,
+            "select_cpu_s": cpu, "dominance": {k: rep[k]["dominance"] for k in ("selected", "random", "pool")}}
 
 
 def main() -> None:
@@ -131,11 +136,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dedup-nlist", type=int, default=None,
                    help="with --scale: first time IVF near-duplicate removal with this many cells")
+    p.add_argument("--json", help="write the figures here")
     a = p.parse_args()
     if a.scale:
-        bench_scale(a.n or 1_000_000, a.d or 384, a.workers, a.seed, a.dedup_nlist)
+        out = bench_scale(a.n or 1_000_000, a.d or 384, a.workers, a.seed, a.dedup_nlist)
     else:
-        bench_batch(a.n or 1024, a.d or 768, a.k, a.seed, a.naive_candidates)
+        out = bench_batch(a.n or 1024, a.d or 768, a.k, a.seed, a.naive_candidates)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""Run every benchmark once and write docs/PERFORMANCE.md (one table, the machine described).
+
+    python tools/bench/run_all.py [--quick] [--scale]
+
+``--quick`` extrapolates the naive DiSF reference from 32 candidates per pick instead of running it
+in full (~1-2 min); ``--scale`` adds the 1M x 384 DiSF selection (~1 min plus feature generation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "tools" / "bench"
+
+
+def run(script: str, *args: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, str(BENCH / script), *args, "--json", f.name]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        return json.loads(Path(f.name).read_text())
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--scale", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "PERFORMANCE.md"))
+    args = p.parse_args()
+    where = machine()
+    tr = run("bench_trainer.py")
+    ld = run("bench_loader.py")
+    ds = run("bench_disf.py", *(["--naive-candidates", "32"] if args.quick else []))
+    sc = run("bench_disf.py", "--scale") if args.scale else None
+    da = run("bench_data.py")
+    rows = [
+        ("trainer vs bare PyTorch loop", f"{tr['trainer_tokens_per_s']:,.0f} vs {tr['bare_tokens_per_s']:,.0f} tokens/s "
+         f"({tr['model_params']:,}-param Llama, batch {tr['batch']}x{tr['seq_len']})", f"{tr['ratio']:.3f}x", ">= 0.95x",
+         "bench_trainer.py"),
+        ("loader vs training consumption", f"{ld['loader_tokens_per_s']:,.0f} vs {ld['training_tokens_per_s']:,.0f} tokens/s",
+         f"{ld['ratio']:,.0f}x", ">= 50x", "bench_loader.py"),
+        ("DiSF greedy vs naive reference", f"{ds['greedy_s']:.3f} s vs {ds['naive_s']:.1f} s "
+         f"({'measured' if ds['naive_measured'] else 'extrapolated'}; batch {ds['batch']}x{ds['dims']}, k={ds['k']}, same picks)",
+         f"{ds['speedup']:,.0f}x", ">= 100x", "bench_disf.py"),
+    ]
+    if sc:
+        rows.append(("DiSF select at scale", f"{sc['files']:,} x {sc['dims']} at 1/64 with {sc['workers']} workers: "
+                     f"{sc['selected']:,} files", f"{sc['select_wall_s']:.0f} s", "minutes", "bench_disf.py --scale"))
+    rows += [
+        ("embedding, MiniLM (256 tokens)", "all-MiniLM-L6-v2, batch 64", f"{da['embed_minilm_256tok_docs_per_s']:.1f} docs/s", "", "bench_data.py"),
+        ("embedding, MiniLM (128 tokens)", "all-MiniLM-L6-v2, batch 64", f"{da['embed_minilm_128tok_docs_per_s']:.1f} docs/s", "", "bench_data.py"),
+        ("embedding, hashing", "word 1-2-grams, 384-d", f"{da['embed_hashing_docs_per_s']:,.0f} docs/s", "", "bench_data.py"),
+        ("tokenization, 1 worker", "sentencepiece BPE 8k, given tokenizer", f"{da['tokenize_mb_per_s_1w']:.2f} MB/s", "", "bench_data.py"),
+        ("tokenization, 2 workers", "same", f"{da['tokenize_mb_per_s_2w']:.2f} MB/s", "", "bench_data.py"),
+    ]
+    lines = ["# Performance", "", f"Measured {date.today().isoformat()} on: {where}.", "",
+             "Regenerate with `python tools/bench/run_all.py` (add `--scale` for the 1M-file DiSF run). Ratios are "
+             "taken within one run, so machine load affects both sides alike; absolute speeds vary with load.", "",
+             "| what | setting | result | goal | script |", "|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} | `tools/bench/{e}` |" for a, b, c, d, e in rows]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
