@@ -9,10 +9,10 @@ nproc=${1:?usage: launch/deepspeed.sh NPROC ZERO_JSON CONFIG [key=value ...]}; d
 if ! python -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   export DS_ACCELERATOR=cpu
   # the launcher counts GPUs; on CPU give it the process count explicitly
-  exec deepspeed --num_gpus "$nproc" --master_port "${MASTER_PORT:-29500}" --module pretrain train "$@" \
+  exec deepspeed --no_local_rank --num_gpus "$nproc" --master_port "${MASTER_PORT:-29500}" --module pretrain train "$@" \
     dist.engine=deepspeed dist.deepspeed_config="$ds"
 fi
 hostfile_args=()
 [ -n "${HOSTFILE:-}" ] && hostfile_args=(--hostfile "$HOSTFILE")
-exec deepspeed "${hostfile_args[@]}" --num_gpus "$nproc" --master_port "${MASTER_PORT:-29500}" \
+exec deepspeed --no_local_rank "${hostfile_args[@]}" --num_gpus "$nproc" --master_port "${MASTER_PORT:-29500}" \
   --module pretrain train "$@" dist.engine=deepspeed dist.deepspeed_config="$ds"

@@ -97,6 +97,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description="Budget-aware LLM pretraining")
+    # launchers that pass the local rank as a flag (deepspeed without --no_local_rank); LOCAL_RANK is read from env
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train from a YAML config (dotted key=value overrides)")

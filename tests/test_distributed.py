@@ -64,3 +64,13 @@ def test_deepspeed_two_processes_match_one(tmp_path, reference, stage):
                           f"dist.deepspeed_config=configs/deepspeed/zero{stage}.json", port=free_port()))
     assert "engine deepspeed x2" in p.stdout
     _assert_same(tmp_path / "ds", ref, 1e-5)
+
+
+def test_deepspeed_launcher_zero1_matches_one(tmp_path, reference):
+    """The `deepspeed` launcher itself (launch/deepspeed.sh), two CPU processes, ZeRO-1."""
+    cfg, ref = reference
+    env = python_env() | {"MASTER_PORT": str(free_port()), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    p = _run(["bash", "launch/deepspeed.sh", "2", "configs/deepspeed/zero1.json", str(cfg),
+              f"run_dir={tmp_path / 'dsl'}"], env=env)
+    assert "engine deepspeed x2" in p.stdout + p.stderr
+    _assert_same(tmp_path / "dsl", ref, 1e-5)
