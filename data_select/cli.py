@@ -11,7 +11,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="data-select", description="Budget-aware data curation: files -> features -> selection -> token shards")
     sub = p.add_subparsers(dest="command", required=True)
 
-    # -- subcommands register below (one add_parser block each, in their own function) --
     _add_corpus_parser(sub)
     _add_tokenize_parser(sub)
     _add_pipeline_parsers(sub)

@@ -342,6 +342,11 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, list):
             raise UsageError(f"config key {key}: expected a list, got {value!r}")
         return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-2" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}[tp]
     if not ok:

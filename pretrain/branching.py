@@ -24,7 +24,7 @@ from pathlib import Path
 from pretrain import checkpoint as ckpt_io
 from pretrain.budget import to_steps, tokens_per_step
 from pretrain.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
-from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase
+from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase, wsd_decay_start
 from pretrain.trainer import TrainResult, train
 
 
@@ -37,13 +37,6 @@ class BudgetPoint:
     @property
     def branch_step(self) -> int:
         return self.steps - self.decay_steps
-
-
-def _decay_steps_for(cfg: TrainConfig, steps: int) -> int:
-    p = cfg.schedule.params
-    if p.get("decay_steps") is not None:
-        return int(p["decay_steps"])
-    return round(float(p.get("decay_fraction", 0.2)) * steps)
 
 
 def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape: str | None = None,
@@ -81,8 +74,9 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.run_dir = str(out)
     cfg.init.checkpoint = str(ckpt)
     cfg.init.load_optimizer = cfg.init.load_data_state = True
-    cfg.checkpoint.resume = "none"
+    cfg.checkpoint.resume = "auto"  # a re-run continues the branch; a first run starts from init.checkpoint
     cfg.checkpoint.at_steps = []
+    cfg.checkpoint.save_final = True  # the finished model is the point of a branch
     cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets, cfg.budget.stop_at = n + decay_steps, None, [], None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
@@ -108,6 +102,9 @@ def _export_main(result: TrainResult) -> None:
 
     from pretrain.export import export
 
+    final = ckpt_io.step_dir_name(result.step)
+    if result.checkpoint is None or result.checkpoint.name != final:
+        raise ckpt_io.CheckpointError(f"{result.run_dir} has no checkpoint of its final step {result.step} to export")
     if not dist.is_initialized() or dist.get_rank() == 0:
         export(result.checkpoint, Path(result.run_dir) / "hf")
     if dist.is_initialized():
@@ -124,7 +121,10 @@ def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
         raise ConfigError(f"a multi-budget plan branches a WSD main run; schedule.name is {cfg.schedule.name!r}")
     points = [BudgetPoint(b, to_steps(cfg, b), 0) for b in budgets]
     for p in points:
-        p.decay_steps = _decay_steps_for(cfg, p.steps)
+        try:
+            p.decay_steps = p.steps - wsd_decay_start(p.steps, **cfg.schedule.kwargs())
+        except ScheduleError as e:
+            raise ConfigError(f"budget {p.budget} ({p.steps} steps): {e}") from None
         if p.decay_steps <= 0 or p.branch_step < cfg.schedule.warmup_steps:
             raise ConfigError(f"budget {p.budget} ({p.steps} steps) leaves no stable phase: decay {p.decay_steps} "
                               f"steps after {cfg.schedule.warmup_steps} warmup steps")
@@ -155,7 +155,8 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
         main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
-        main.checkpoint.at_steps = [p.branch_step for p in points[:-1]]
+        main.checkpoint.at_steps = [p.branch_step for p in points]
+        main.checkpoint.save_final, main.checkpoint.resume = True, "auto"
         train(main)
         spent = points[-1].branch_step
         for p in points:
@@ -171,6 +172,7 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
             seg.budget.steps, seg.budget.tokens, seg.budget.budgets = p.steps, None, []
             seg.schedule.params = {k: v for k, v in seg.schedule.params.items() if k != "decay_fraction"}
             seg.schedule.params["decay_steps"] = p.decay_steps
+            seg.checkpoint.save_final, seg.checkpoint.resume = True, "auto"
             if previous is not None:
                 seg.init.checkpoint = str(previous)
             r = train(seg)

@@ -93,8 +93,10 @@ def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int, pinned: tupl
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
     if keep_last > 0:
         keep = {step_dir_name(s) for s in pinned}
-        done = sorted(p for p in ckpt_root.glob(f"{CKPT_PREFIX}*") if p.is_dir() and p.name not in keep)
-        for old in done[:-keep_last]:
+        # only older checkpoints are pruned: never the one just written, nor any later one
+        done = sorted(p for p in ckpt_root.glob(f"{CKPT_PREFIX}*")
+                      if p.is_dir() and p.name not in keep and p.name < final.name)
+        for old in done[:max(0, len(done) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -106,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="e.g. optim.lr=3e-4 run_dir=runs/x")
     t.set_defaults(func=_cmd_train)
 
-    # -- further subcommands register below (one add_parser block each) --
 
     b = sub.add_parser("branch", help="decay a stable-phase checkpoint into a finished model (a new run)")
     b.add_argument("--from", dest="source", required=True, help="RUN/checkpoints/step-N (or a run: its latest)")

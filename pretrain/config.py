@@ -157,14 +157,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -199,6 +198,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
+        if isinstance(value, str):  # token counts are often written 50e9, which YAML 1.1 leaves a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -333,6 +337,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: TrainConfig) -> None:
     m, b = cfg.model, cfg.budget
+    positive = {"model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
+                "model.num_kv_heads": m.num_kv_heads, "model.intermediate_size": m.intermediate_size,
+                "logging.log_every": cfg.logging.log_every}
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key} must be positive, got {v}")
+    if cfg.data.seq_len < 2:
+        raise ConfigError(f"data.seq_len must be at least 2 (inputs and their next tokens), got {cfg.data.seq_len}")
+    if cfg.optim.lr < 0:
+        raise ConfigError(f"optim.lr must be >= 0, got {cfg.optim.lr}")
+    for key, v in (("eval.every", cfg.eval.every), ("eval.batches", cfg.eval.batches),
+                   ("checkpoint.every", cfg.checkpoint.every), ("checkpoint.keep_last", cfg.checkpoint.keep_last),
+                   ("model.vocab_size", m.vocab_size)):
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0, got {v}")
     if m.family not in ("llama", "olmo2"):
         raise ConfigError(f"model.family: {m.family!r} is not one of llama, olmo2")
     if m.hidden_size % m.num_heads:

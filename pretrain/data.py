@@ -188,8 +188,12 @@ class OneEpochLoader:
 
 
 def eval_batches(data: TokenData, *, seq_len: int, micro_batch_size: int, max_batches: int,
-                 rank: int = 0, world_size: int = 1, split: str = "val") -> list[torch.Tensor]:
-    """Evaluation micro-batches of ``split`` in fixed order (no shuffle), strided over ranks."""
+                 rank: int = 0, world_size: int = 1, split: str = "val") -> list[tuple[torch.Tensor, bool]]:
+    """Evaluation micro-batches of ``split`` in fixed order (no shuffle), strided over ranks.
+
+    Every rank gets the same number of batches, because under ZeRO-3 (and DDP's buffer sync) each
+    forward is a collective; ranks short of real batches repeat one marked ``False`` (not counted).
+    """
     n = data.num_sequences(split, seq_len)
     if n == 0:
         raise DataError(f"the {split!r} split of {data.path} is shorter than one sequence of {seq_len} tokens")
@@ -197,7 +201,9 @@ def eval_batches(data: TokenData, *, seq_len: int, micro_batch_size: int, max_ba
     if max_batches:
         total = min(total, max_batches)
     out = []
-    for b in range(rank, total, world_size):
-        ids = np.arange(b * micro_batch_size, min(n, (b + 1) * micro_batch_size))
-        out.append(torch.from_numpy(data.sequences(split, ids, seq_len)))
+    for j in range(-(-total // world_size)):
+        b = rank + j * world_size
+        lo = (b % total) * micro_batch_size
+        ids = np.arange(lo, min(n, lo + micro_batch_size))
+        out.append((torch.from_numpy(data.sequences(split, ids, seq_len)), b < total))
     return out

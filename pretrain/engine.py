@@ -243,7 +243,7 @@ class DeepSpeedEngine:
 
     def save(self, tmp: Path) -> None:
         """DeepSpeed's own sharded files under ds/ (all ranks) plus full weights for export."""
-        state = self.state_dict()
+        state = self.state_dict() if (self.stage == 3 or self.rank == 0) else None  # ZeRO-3 gathers collectively
         self.model.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
         if self.rank == 0:
             save_file(_dedup_shared(state, self.unwrapped), str(tmp / _MODEL_FILE))

@@ -27,6 +27,8 @@ def _tokenizer_digest(data: TokenData) -> str:
 def evaluate(source: str | Path, manifest: str | Path, *, split: str = "val", seq_len: int | None = None,
              micro_batch_size: int = 8, max_batches: int = 0) -> dict:
     """Token-weighted mean loss of the checkpoint ``source`` (run dir or step dir) on ``manifest``."""
+    if micro_batch_size < 1 or (seq_len is not None and seq_len < 2):
+        raise DataError(f"batch size ({micro_batch_size}) must be >= 1 and sequence length ({seq_len}) >= 2")
     ckpt = ckpt_io.resolve(source)
     ckpt_io.verify(ckpt)
     cfg = load_config(ckpt / "config.yaml")
@@ -43,10 +45,10 @@ def evaluate(source: str | Path, manifest: str | Path, *, split: str = "val", se
                            split=split)
     total, count = 0.0, 0
     with torch.no_grad():
-        for tokens in batches:
+        for tokens, _ in batches:
             n = tokens.shape[0] * (tokens.shape[1] - 1)
             total += float(model(input_ids=tokens, labels=tokens).loss) * n
             count += n
     loss = total / count
     return {"checkpoint": str(ckpt), "manifest": str(data.path), "split": split, "loss": loss,
-            "predicted_tokens": count, "sequences": sum(len(b) for b in batches), "seq_len": seq_len}
+            "predicted_tokens": count, "sequences": sum(len(b) for b, _ in batches), "seq_len": seq_len}

@@ -31,26 +31,31 @@ def gpu_peak_flops(override: float = 0.0) -> float:
     return 0.0
 
 
-def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) pairs; a line torn by a crash mid-write is skipped."""
     out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
     p = Path(path)
     if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if kind is None or rec.get("type") == kind:
-                out.append(rec)
-    return out
+        return []
+    return [rec for _, rec in _records(p) if kind is None or rec.get("type") == kind]
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop records after ``step``: on resume those steps are recomputed and logged again."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = [line for line, rec in _records(path) if rec.get("step", 0) <= step]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
 
 

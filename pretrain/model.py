@@ -62,10 +62,15 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, device: str | torch.device
     return model
 
 
+def _numel(p: torch.nn.Parameter) -> int:
+    """Full size, also for a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def count_params(model: torch.nn.Module, *, exclude_embeddings: bool = False) -> int:
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(_numel(p) for p in model.parameters())
     if exclude_embeddings:
-        n -= model.get_input_embeddings().weight.numel()
+        n -= _numel(model.get_input_embeddings().weight)
     return n
 
 

@@ -19,7 +19,7 @@ import torch
 from pretrain import checkpoint as ckpt_io
 from pretrain.budget import total_steps_of
 from pretrain.config import ConfigError, TrainConfig, save_config, to_dict
-from pretrain.data import OneEpochLoader, TokenData, eval_batches
+from pretrain.data import DataError, OneEpochLoader, TokenData, eval_batches
 from pretrain.engine import make_engine, world_info
 from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
 from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
@@ -38,7 +38,6 @@ def _attn_impl(cfg: TrainConfig) -> str:
     return "sdpa"
 
 
-@dataclass
 class Callback:
     """Hooks the loop calls; subclasses override what they need."""
 
@@ -111,6 +110,9 @@ class Trainer:
                                micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed)
         probe.check_budget(self.total_steps)
         del probe
+        if self.data.num_sequences("val", cfg.data.seq_len) == 0:
+            raise DataError(f"{self.data.path}: the validation split holds {self.data.num_tokens('val')} tokens, less "
+                            f"than one sequence of {cfg.data.seq_len}; re-tokenize with a larger val_fraction")
 
         if cfg.dist.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -154,8 +156,13 @@ class Trainer:
         if src is None and cfg.init.checkpoint:
             src = ckpt_io.resolve(cfg.init.checkpoint)
         if src is None:
+            if cfg.checkpoint.resume != "auto":
+                existing = sorted(self.ckpt_root.glob(f"{ckpt_io.CKPT_PREFIX}*")) if self.ckpt_root.is_dir() else []
+                if existing:
+                    raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing[-1].name}); continue it with "
+                                      "checkpoint.resume=auto or start in a new run_dir")
             return
-        ckpt_io.verify(src)
+        self._verify(src)
         state = ckpt_io.read_trainer_state(src)
         load_opt = True if is_resume else cfg.init.load_optimizer
         load_data = True if is_resume else cfg.init.load_data_state
@@ -169,15 +176,23 @@ class Trainer:
             ckpt_io.load_rng(src, self.rank)
         if is_resume:
             self.last_ckpt_step = self.step
-            metrics = self.run_dir / "metrics.jsonl"
-            if any(r["step"] == self.step for r in read_metrics(metrics, "eval")):
+            if any(r["step"] == self.step for r in read_metrics(self.run_dir / "metrics.jsonl", "eval")):
                 self.last_eval_step = self.step
-            self.engine.barrier()
-            if self.is_main:
-                truncate_metrics(metrics, self.step)
         self.loader.truncate_ledger(self.step)
         if self.is_main:
             print(f"{'resumed' if is_resume else 'initialised'} from {src} at step {self.step}", flush=True)
+
+    def _verify(self, src: Path) -> None:
+        """Rank 0 hashes the checkpoint once; every rank learns the verdict."""
+        error = None
+        if self.is_main:
+            try:
+                ckpt_io.verify(src)
+            except ckpt_io.CheckpointError as e:
+                error = e
+        failed = self.engine.sum(torch.tensor([0.0 if error is None else 1.0]))
+        if float(failed[0]) > 0:
+            raise error or ckpt_io.CheckpointError(f"checkpoint {src} failed verification on rank 0")
 
     def save_checkpoint(self) -> Path:
         tmp = self.ckpt_root / f".tmp-{ckpt_io.step_dir_name(self.step)}"
@@ -216,10 +231,10 @@ class Trainer:
         model = self.engine.model
         model.eval()
         total = torch.zeros(2, dtype=torch.float64)
-        for tokens in self._val:
+        for tokens, counted in self._val:
             tokens = tokens.to(self.engine.device)
             loss = model(input_ids=tokens, labels=tokens).loss.double().cpu()
-            n = tokens.shape[0] * (tokens.shape[1] - 1)
+            n = tokens.shape[0] * (tokens.shape[1] - 1) if counted else 0
             total += torch.stack([loss * n, torch.tensor(float(n), dtype=torch.float64)])
         model.train()
         total = self.engine.sum(total).cpu()
@@ -240,6 +255,9 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         self.engine.barrier()
         self._restore()
+        self.engine.barrier()
+        if self.is_main:  # records past the starting step belong to a lost or an earlier attempt
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         if self.is_main:
             print(f"model {cfg.model.family}: {self.n_params:,} parameters ({self.n_params_non_emb:,} non-embedding), "
                   f"{self.flops_per_token:.3g} training FLOPs/token; engine {self.engine.name} x{self.world_size}, "
@@ -277,7 +295,8 @@ class Trainer:
                     raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping (lower optim.lr?)")
                 for cb in callbacks:
                     cb.on_step_end(self, self.step)
-            for cb in callbacks:
+            # at the end the checkpoint comes first: an evaluation can never cost the trained model
+            for cb in reversed(callbacks):
                 cb.on_train_end(self)
         finally:
             self.logger.close()

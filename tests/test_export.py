@@ -23,7 +23,7 @@ def test_export_loads_without_project_code_and_matches_trainer_loss(tmp_path, fi
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
-    batch = eval_batches(TokenData(fixture_tokens), seq_len=64, micro_batch_size=4, max_batches=1)[0]
+    batch = eval_batches(TokenData(fixture_tokens), seq_len=64, micro_batch_size=4, max_batches=1)[0][0]
     with torch.no_grad():
         loss = model(input_ids=batch, labels=batch).loss.item()
     assert loss == pytest.approx(res.final_val_loss, rel=1e-5)

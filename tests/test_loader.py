@@ -67,10 +67,14 @@ def test_missing_manifest_and_shard(tmp_path):
         TokenData(m).num_tokens("train")
 
 
-def test_eval_batches_are_fixed_and_strided(synthetic_data):
-    data = TokenData(synthetic_data)
+def test_eval_batches_are_fixed_strided_and_equal_in_count(tmp_path):
+    data = TokenData(write_manifest(tmp_path / "d", val_tokens=32 * 9))  # 9 sequences: batches of 4, 4, 1
     full = eval_batches(data, seq_len=32, micro_batch_size=4, max_batches=0)
     r0 = eval_batches(data, seq_len=32, micro_batch_size=4, max_batches=0, rank=0, world_size=2)
     r1 = eval_batches(data, seq_len=32, micro_batch_size=4, max_batches=0, rank=1, world_size=2)
-    assert len(full) == len(r0) + len(r1)
-    assert np.array_equal(full[1].numpy(), r1[0].numpy())
+    assert [len(t) for t, _ in full] == [4, 4, 1] and all(c for _, c in full)
+    assert len(r0) == len(r1) == 2  # every rank runs the same number of forwards (they are collectives)
+    assert [c for _, c in r0] == [True, True] and [c for _, c in r1] == [True, False]
+    assert np.array_equal(full[1][0].numpy(), r1[0][0].numpy())
+    counted = sorted(t[0, 0].item() for r in (r0, r1) for t, c in r if c)
+    assert counted == sorted(t[0, 0].item() for t, _ in full)

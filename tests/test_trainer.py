@@ -96,3 +96,38 @@ def test_token_budget_and_wandb_offline(tmp_path, synthetic_data):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 3 and summary["tokens"] == 3 * 8 * 32
     assert load_file(str(res.checkpoint / "model.safetensors"))
+
+
+def test_prune_keeps_the_new_checkpoint_among_later_ones(tmp_path):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    for step in (200, 250, 300, 50):
+        tmp = ckpt_io.begin(root, step)
+        (tmp / "x").write_text(str(step))
+        ckpt_io.finalize(root, tmp, step, keep_last=3)
+    assert ckpt_io.latest(root).name == "step-00000050"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000050", "step-00000200", "step-00000250",
+                                                          "step-00000300"]
+
+
+def test_fresh_start_into_a_used_run_dir_is_refused_and_resume_continues(tmp_path, synthetic_data):
+    _train(synthetic_data, tmp_path / "run", budget={"steps": 3}, eval={"batches": 1})
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        _train(synthetic_data, tmp_path / "run", budget={"steps": 3}, eval={"batches": 1})
+    # a torn last line (crash mid-write) does not stop the resume, and no record is duplicated
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"type": "train", "step": 4, "lo')
+    _train(synthetic_data, tmp_path / "run", budget={"steps": 5}, eval={"batches": 1}, checkpoint={"resume": "auto"})
+    steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_too_short_validation_split_and_bad_numbers_fail_before_training(tmp_path):
+    short = write_manifest(tmp_path / "short", val_tokens=20)
+    with pytest.raises(DataError, match="validation split holds 20 tokens"):
+        _train(short, tmp_path / "r1")
+    assert not (tmp_path / "r1").exists()
+    for section, bad in (("model", {"num_heads": 0}), ("logging", {"log_every": 0}), ("data", {"seq_len": 1}),
+                         ("eval", {"batches": -1})):
+        with pytest.raises(ConfigError, match="must be"):
+            from_dict(base_config(short, tmp_path / "r2", **{section: bad}))
