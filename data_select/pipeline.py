@@ -354,6 +354,10 @@ def _coerce(value, tp, key: str):
     return float(value) if tp is float else value
 
 
+def _without_workers(section) -> dict:
+    return {k: v for k, v in dataclasses.asdict(section).items() if k != "workers"}
+
+
 def _build(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -426,7 +430,8 @@ def run(cfg: RunConfig) -> dict:
                        workers=cfg.embed.workers, progress=cfg.progress)
     finish("embed", {"ids_sha256": emb["ids_sha256"]}, {"n": emb["n"], "rejected": emb["rejected_total"]})
 
-    sel_key = {"ids_sha256": emb["ids_sha256"], **dataclasses.asdict(cfg.select)}
+    # worker counts change speed, never output: they stay out of the keys that decide a re-run
+    sel_key = {"ids_sha256": emb["ids_sha256"], **_without_workers(cfg.select)}
     sel_path = out / SELECTION
     record = _read_json(out / SELECT_META)
     if not (done("select", sel_key, [sel_path]) and record and record["selection_sha256"] == _sha256_file(sel_path)):
@@ -439,7 +444,7 @@ def run(cfg: RunConfig) -> dict:
     result = {"out_dir": str(out), "features": emb, "select": record}
     if cfg.tokenize.enabled:
         t = cfg.tokenize
-        tok_key = {"selection_sha256": record["selection_sha256"], **dataclasses.asdict(t)}
+        tok_key = {"selection_sha256": record["selection_sha256"], **_without_workers(t)}
         manifest_path = out / "tokens" / "manifest.json"
         manifest = _read_json(manifest_path)
         if not (done("tokenize", tok_key, [manifest_path]) and manifest
