@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError
+from data_select.io import atomic_write_text
 
 BUILDER_VERSION = "1"
 CORPUS_FORMAT = "budgetlm-corpus/1"
@@ -625,7 +626,7 @@ class AptFetcher:
             stanzas.append(stanza + (f"Signed-By: {signed}\n" if signed else ""))
         for stale in (apt / "parts").iterdir():
             stale.unlink()
-        _atomic_write(apt / "parts" / "budgetlm.sources", "\n".join(stanzas))
+        atomic_write_text(apt / "parts" / "budgetlm.sources", "\n".join(stanzas))
         opts = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={apt / 'parts'}",
                 "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache={apt / 'cache'}",
                 "-o", "Debug::NoLocking=1"]
@@ -671,11 +672,6 @@ class AptFetcher:
 
 
 # --------------------------------------------------------------------------- the build
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def default_cache_dir() -> Path:
@@ -754,7 +750,7 @@ def build_corpus(out_dir: str | Path, *, size: str = "small", cache_dir: str | P
     try:
         manifest = _build_into(tmp, table, wanted, size, cap, cache, fetch, progress)
         manifest.update(params, format=CORPUS_FORMAT, status="complete", elapsed_s=round(time.time() - start, 1))
-        _atomic_write(tmp / "corpus.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(tmp / "corpus.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
             os.replace(out_dir, old)
@@ -891,14 +887,14 @@ def sample_corpus(corpus_dir: str | Path, out_dir: str | Path, *, bytes_per_doma
                 if size >= bytes_per_domain:
                     break
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked)
-        _atomic_write(out_dir / f"{domain}.jsonl", lines)
+        atomic_write_text(out_dir / f"{domain}.jsonl", lines)
         counts = Counter(r["id"].split("/")[1] for r in picked)
         domains_out[domain] = {"file": f"{domain}.jsonl", "documents": len(picked), "bytes": size,
                                "sources": {k: {"documents": v} for k, v in counts.items()}}
     total = {"documents": sum(d["documents"] for d in domains_out.values()), "bytes": sum(d["bytes"] for d in domains_out.values())}
     manifest = {"format": CORPUS_FORMAT, "status": "complete", "size": "sample", "sampled_from": source.get("size"),
                 "builder_version": BUILDER_VERSION, "domains": domains_out, "total": total, "packages": source.get("packages", {})}
-    _atomic_write(out_dir / "corpus.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "corpus.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
 
 

@@ -23,11 +23,9 @@ Sharding (torchrun): rank r embeds the documents i with i % world == r into ``ra
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -37,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError
+from data_select.io import atomic_write_json, sha256_file
 from data_select.sources import Rejections, iter_documents, list_files
 
 FORMAT = "budgetlm-features/1"
@@ -206,31 +205,6 @@ def get_encoder(spec: str, *, max_tokens: int | None = None, dim: int = 384, dev
 # --------------------------------------------------------------------------- files
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _sha256_file(path: Path, nbytes: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = nbytes
-        while left is None or left > 0:
-            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return h.hexdigest()
 
 
 def read_meta(out_dir: str | os.PathLike) -> dict | None:
@@ -266,7 +240,7 @@ def load_features(out_dir: str | os.PathLike, *, with_ids: bool = True) -> tuple
             raise EmbedError(f"{p}: missing from a features directory marked complete")
     if fpath.stat().st_size != n * dim * 4:
         raise EmbedError(f"{fpath}: {fpath.stat().st_size} bytes, expected n*dim*4 = {n * dim * 4} ({n} rows x {dim})")
-    if _sha256_file(ipath) != meta.get("ids_sha256"):
+    if sha256_file(ipath) != meta.get("ids_sha256"):
         raise EmbedError(f"{ipath}: checksum differs from {META} (ids file changed since the features were written)")
     ids: list[dict] = []
     if with_ids:
@@ -386,7 +360,7 @@ def _resume_point(target: Path, settings: dict, overwrite: bool) -> dict:
     meta = {"format": FORMAT, **settings, "status": "partial", "n": 0, "rows_done": 0, "ids_bytes": 0,
             "ids_sha256": None, "pool_documents": None, "rejected": None, "rejected_total": None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    _write_json_atomic(target / META, meta)
+    atomic_write_json(target / META, meta)
     return meta
 
 
@@ -443,14 +417,14 @@ def _embed_rows(enc, target: Path, meta: dict, *, batch_size: int, commit_every:
                 f.flush()
                 os.fsync(f.fileno())
             meta.update(rows_done=rows, n=rows, ids_bytes=fi.tell())
-            _write_json_atomic(target / META, meta)
+            atomic_write_json(target / META, meta)
             if on_commit is not None:
                 on_commit(rows)
     bar.close()
     meta.update(status="complete", n=rows, rows_done=rows, ids_bytes=ipath.stat().st_size,
-                ids_sha256=_sha256_file(ipath), pool_documents=pool, rejected=rejections.to_dict(),
+                ids_sha256=sha256_file(ipath), pool_documents=pool, rejected=rejections.to_dict(),
                 rejected_total=int(rejections.total))
-    _write_json_atomic(target / META, meta)
+    atomic_write_json(target / META, meta)
     return meta
 
 
@@ -509,6 +483,6 @@ def merge_shards(out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     os.replace(tmp_i, root / IDS)
     meta = dict(metas[0])
     meta.update(rank=0, world_size=1, merged_from=world, status="complete", n=n, rows_done=n,
-                ids_bytes=(root / IDS).stat().st_size, ids_sha256=_sha256_file(root / IDS))
-    _write_json_atomic(root / META, meta)
+                ids_bytes=(root / IDS).stat().st_size, ids_sha256=sha256_file(root / IDS))
+    atomic_write_json(root / META, meta)
     return meta

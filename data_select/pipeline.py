@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ import numpy as np
 import yaml
 
 from data_select import baselines, disf, spectrum
-from data_select.embed import _input_files, _sha256_file, embed_corpus, load_features
+from data_select.embed import _input_files, embed_corpus, load_features
+from data_select.io import atomic_write_json, atomic_write_lines, sha256_file
 from data_select.errors import DataSelectError, UsageError
 
 SELECTION = "selection.jsonl"
@@ -47,27 +47,6 @@ class PipelineError(DataSelectError):
     """A step of the pipeline cannot run; the message names the file, key or step."""
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_lines(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -167,17 +146,17 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
     rows = [{"id": ids[i]["id"], "source": ids[i]["source"], "domain": ids[i]["domain"], "row": int(i), "rank": r}
             for r, i in enumerate(picked)]
     dups = np.flatnonzero(dup_of >= 0)
-    _write_lines(out / SELECTION, rows)
-    _write_lines(out / DEDUPLICATED, [{"id": ids[i]["id"], "row": int(i), "duplicate_of": ids[dup_of[i]]["id"]}
+    atomic_write_lines(out / SELECTION, rows)
+    atomic_write_lines(out / DEDUPLICATED, [{"id": ids[i]["id"], "row": int(i), "duplicate_of": ids[dup_of[i]]["id"]}
                                       for i in dups])
     record = {
         "format": "budgetlm-selection/1", "method": method, "params": params,
         "features": {"dir": str(Path(features_dir).resolve()), "encoder": meta["encoder"], "ids_sha256": meta["ids_sha256"]},
         "counts": {"input": n, "selected": len(picked), "not_selected": n - len(picked) - len(dups),
                    "deduplicated": len(dups)},
-        "selection_sha256": _sha256_file(out / SELECTION),
+        "selection_sha256": sha256_file(out / SELECTION),
     }
-    _write_json(out / SELECT_META, record)
+    atomic_write_json(out / SELECT_META, record)
     return record
 
 
@@ -214,7 +193,7 @@ def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_di
     selection = Path(selection)
     sel = _read_selection(selection, ids)
     record = _read_json(selection.parent / SELECT_META) or {}
-    if record and record.get("selection_sha256") != _sha256_file(selection):
+    if record and record.get("selection_sha256") != sha256_file(selection):
         raise PipelineError(f"{selection.parent / SELECT_META} does not describe {selection} (checksum differs); re-run select")
     n = len(ids)
     deduplicated = int(record.get("counts", {}).get("deduplicated", 0))
@@ -263,7 +242,7 @@ def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_di
     }
     if not acc["adds_up"]:
         raise PipelineError(f"accounting does not add up for {selection}: {acc} (select.json from other features?)")
-    _write_json(out / REPORT, result)
+    atomic_write_json(out / REPORT, result)
     return result
 
 
@@ -421,7 +400,7 @@ def run(cfg: RunConfig) -> dict:
 
     def finish(step: str, key: dict, summary: dict) -> None:
         ledger[step] = {"key": key, "summary": summary}
-        _write_json(ledger_path, ledger)
+        atomic_write_json(ledger_path, ledger)
 
     feat_dir = out / "features"
     emb = embed_corpus(cfg.inputs, feat_dir, encoder=cfg.embed.encoder, dim=cfg.embed.dim, batch_size=cfg.embed.batch_size,
@@ -434,7 +413,7 @@ def run(cfg: RunConfig) -> dict:
     sel_key = {"ids_sha256": emb["ids_sha256"], **_without_workers(cfg.select)}
     sel_path = out / SELECTION
     record = _read_json(out / SELECT_META)
-    if not (done("select", sel_key, [sel_path]) and record and record["selection_sha256"] == _sha256_file(sel_path)):
+    if not (done("select", sel_key, [sel_path]) and record and record["selection_sha256"] == sha256_file(sel_path)):
         s = cfg.select
         record = select_features(feat_dir, out, method=s.method, ratio=s.ratio, k_per_batch=s.k_per_batch,
                                  batch_size=s.batch_size, seed=s.seed, dedup_threshold=s.dedup_threshold,

@@ -27,6 +27,7 @@ import sentencepiece as spm
 from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError, UsageError
+from data_select.io import atomic_write_text, publish, sha256_file
 from data_select.sources import Document, Rejections, iter_documents
 
 FORMAT = "budgetlm-tokens/1"
@@ -37,23 +38,7 @@ _CHUNK_DOCS = 256
 _CHUNK_BYTES = 4 << 20
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
-
-def _publish(path: str | Path, is_dir: bool = False) -> None:
-    """Give a mkstemp/mkdtemp result (private 0600/0700) the normal permissions before renaming it."""
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    _publish(tmp)
-    os.replace(tmp, path)
 
 
 def _unit_hash(seed: int, salt: str, doc_id: str) -> float:
@@ -114,7 +99,7 @@ def train_tokenizer(docs: Iterable[str], out_dir: str | Path, *, vocab_size: int
     try:
         (staging / SPM_FILE).write_bytes(model.getvalue())
         _spm_to_hf(staging).save_pretrained(staging)
-        _publish(staging, is_dir=True)
+        publish(staging, is_dir=True)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -247,13 +232,6 @@ def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 class _ShardWriter:
     """Buffers one split's token arrays and writes ``<split>-NNNNN.npy`` shards at document boundaries."""
@@ -279,8 +257,8 @@ class _ShardWriter:
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.save(f, data, allow_pickle=False)
-        sha = _file_sha256(Path(tmp))
-        _publish(tmp)
+        sha = sha256_file(Path(tmp))
+        publish(tmp)
         os.replace(tmp, self.out_dir / name)
         self.shards.append({"path": name, "tokens": int(len(data)), "documents": self.buffered_docs, "sha256": sha})
         self.parts, self.buffered, self.buffered_docs = [], 0, 0
@@ -342,7 +320,7 @@ def _install_tokenizer(tokenizer: str | Path | None, tok_dir: Path, scan: _Scan,
     staging = Path(tempfile.mkdtemp(dir=tok_dir.parent, prefix=f".{tok_dir.name}."))
     try:
         given.save_pretrained(staging)
-        _publish(staging, is_dir=True)
+        publish(staging, is_dir=True)
         if tok_dir.exists():
             shutil.rmtree(tok_dir)
         os.replace(staging, tok_dir)
@@ -466,5 +444,5 @@ def tokenize_corpus(inputs, out_dir, *, tokenizer: str | Path | None = None, voc
         "seed": seed,
         "fingerprint": _fingerprint(tok.get_vocab(), dtype.name, splits),
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

@@ -79,7 +79,7 @@ class TokenData:
         arrays, offsets = self._split(split)
         out = np.empty((len(ids), seq_len), dtype=np.int64)
         for row, i in enumerate(ids):
-            start, end = int(i) * seq_len, (int(i) + 1) * seq_len
+            start = int(i) * seq_len
             s = int(np.searchsorted(offsets, start, side="right")) - 1
             pos = 0
             while pos < seq_len:

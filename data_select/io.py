@@ -1,0 +1,63 @@
+"""Atomic file writes and hashing shared by every data_select step.
+
+Outputs are written to a private temporary file in the target's folder, flushed, given the
+normal permissions and renamed over the target, so a reader sees the old file or the new one,
+never a torn one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(path: str | Path, is_dir: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result (private 0600/0700) the normal permissions before renaming it."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path: str | Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def atomic_write_lines(path: str | Path, rows: list[dict]) -> None:
+    """JSON Lines: one record per line."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def sha256_file(path: str | Path, nbytes: int | None = None) -> str:
+    """sha256 of the file, or of its first ``nbytes`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = nbytes
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return h.hexdigest()
