@@ -40,6 +40,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reader_args(p: argparse.ArgumentParser) -> None:
+    """How documents are read from JSONL/Parquet records (the same for every step that reads them)."""
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--domain-field", default="domain", help="record field naming the domain ('' for none)")
+    p.add_argument("--domain-from-dir", action="store_true", help="domain = first folder of the file's relative path")
+    p.add_argument("--id-field", default=None, help="record field holding the document id (default: <file>:<line>)")
+
+
 def _add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tokenize", help="tokenize documents into token shards + manifest.json")
     t.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, globs, text/JSONL/Parquet files (.gz/.zst ok)")
@@ -50,10 +58,7 @@ def _add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--selection", default=None, help="selection.jsonl: tokenize only these document ids")
-    t.add_argument("--text-field", default="text")
-    t.add_argument("--domain-field", default="domain", help="record field naming the domain ('' for none)")
-    t.add_argument("--domain-from-dir", action="store_true", help="domain = first folder of the file's relative path")
-    t.add_argument("--id-field", default=None, help="record field holding the document id (default: <file>:<line>)")
+    _add_reader_args(t)
     t.add_argument("--shard-tokens", type=int, default=50_000_000)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--no-progress", action="store_true")
@@ -87,10 +92,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dim", type=int, default=384, help="output size of the hashing encoder (default 384)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-tokens", type=int, default=None, help="tokens per document (default: the encoder's limit)")
-    e.add_argument("--text-field", default="text")
-    e.add_argument("--domain-field", default="domain", help="record field naming the domain ('' for none)")
-    e.add_argument("--domain-from-dir", action="store_true", help="domain = first folder of the file's relative path")
-    e.add_argument("--id-field", default=None, help="record field holding the document id (default: <file>:<line>)")
+    _add_reader_args(e)
     e.add_argument("--workers", type=int, default=1, help="CPU threads for the encoder")
     e.add_argument("--overwrite", action="store_true", help="discard features made with other settings")
     e.add_argument("--merge", action="store_true", help="only merge the rank-XXXXX shards in --out")
