@@ -9,8 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from data_select.errors import UsageError
 
 
 def _umask() -> int:
@@ -61,3 +66,43 @@ def sha256_file(path: str | Path, nbytes: int | None = None) -> str:
             if left is not None:
                 left -= len(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; it replaces ``out`` only if the block succeeds."""
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        yield staging
+        publish(staging, is_dir=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def read_selection_ids(path: str | Path) -> list[str]:
+    """The document ids of a ``selection.jsonl``, in file order; malformed or repeated entries are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"selection file {path} does not exist")
+    ids: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{n}: not JSON ({e})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                raise UsageError(f"{path}:{n}: expected an object with a string \"id\"")
+            ids.append(rec["id"])
+    if not ids:
+        raise UsageError(f"selection file {path} lists no documents")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{path}: lists some documents more than once")
+    return ids

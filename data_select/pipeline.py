@@ -30,7 +30,7 @@ import yaml
 
 from data_select import baselines, disf, spectrum
 from data_select.embed import _input_files, embed_corpus, load_features
-from data_select.io import atomic_write_json, atomic_write_lines, sha256_file
+from data_select.io import atomic_write_json, atomic_write_lines, read_selection_ids, sha256_file
 from data_select.errors import DataSelectError, UsageError
 
 SELECTION = "selection.jsonl"
@@ -164,25 +164,12 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def _read_selection(path: Path, ids: list[dict]) -> np.ndarray:
-    """Rows of the features that a selection.jsonl names (by id; the ``row`` hint is checked)."""
-    if not path.is_file():
-        raise PipelineError(f"selection file {path} does not exist")
+    """Rows of the features that a selection.jsonl names."""
     where = {r["id"]: i for i, r in enumerate(ids)}
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                rows.append(where[rec["id"]])
-            except (json.JSONDecodeError, TypeError) as e:
-                raise PipelineError(f"{path}:{n}: not a selection record ({e})") from None
-            except KeyError:
-                raise PipelineError(f"{path}:{n}: id {rec.get('id')!r} is not in the features (made from other inputs?)") from None
-    if len(set(rows)) != len(rows):
-        raise PipelineError(f"{path}: lists some documents more than once")
-    return np.asarray(rows, dtype=np.int64)
+    try:
+        return np.asarray([where[i] for i in read_selection_ids(path)], dtype=np.int64)
+    except KeyError as e:
+        raise PipelineError(f"{path}: id {e.args[0]!r} is not in the features (made from other inputs?)") from None
 
 
 def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -27,7 +26,7 @@ import sentencepiece as spm
 from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError, UsageError
-from data_select.io import atomic_write_text, publish, sha256_file
+from data_select.io import atomic_write_text, publish, read_selection_ids, sha256_file, staged_dir
 from data_select.sources import Document, Rejections, iter_documents
 
 FORMAT = "budgetlm-tokens/1"
@@ -95,17 +94,9 @@ def train_tokenizer(docs: Iterable[str], out_dir: str | Path, *, vocab_size: int
             raise UsageError(f"vocab_size {vocab_size} is too large for {total} bytes of training text "
                              f"(at most {high.group(1)} here)") from None
         raise
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_dir(out) as staging:
         (staging / SPM_FILE).write_bytes(model.getvalue())
         _spm_to_hf(staging).save_pretrained(staging)
-        publish(staging, is_dir=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out
 
 
@@ -134,26 +125,6 @@ def load_tokenizer(path: str | Path):
     if getattr(tok, "backend_tokenizer", None) is None:
         raise UsageError(f"tokenizer in {p} has no fast (tokenizers) backend; save it with a tokenizer.json")
     return tok
-
-
-def _load_selection(path: Path) -> set[str]:
-    if not path.is_file():
-        raise UsageError(f"selection file {path} does not exist")
-    ids: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: not JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-                raise UsageError(f"{path}:{n}: expected an object with a string \"id\"")
-            ids.add(rec["id"])
-    if not ids:
-        raise UsageError(f"selection file {path} lists no documents")
-    return ids
 
 
 class _Scan:
@@ -317,16 +288,8 @@ def _install_tokenizer(tokenizer: str | Path | None, tok_dir: Path, scan: _Scan,
         train_tokenizer(scan.take_sample(), tok_dir, vocab_size=vocab_size, seed=seed, sample_bytes=sample_bytes)
         return "sentencepiece"
     given = load_tokenizer(tokenizer)
-    staging = Path(tempfile.mkdtemp(dir=tok_dir.parent, prefix=f".{tok_dir.name}."))
-    try:
+    with staged_dir(tok_dir) as staging:
         given.save_pretrained(staging)
-        publish(staging, is_dir=True)
-        if tok_dir.exists():
-            shutil.rmtree(tok_dir)
-        os.replace(staging, tok_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return "hf"
 
 
@@ -370,7 +333,7 @@ def tokenize_corpus(inputs, out_dir, *, tokenizer: str | Path | None = None, voc
         raise UsageError(f"num_workers must be >= 1, got {num_workers}")
     if tokenizer is not None:
         load_tokenizer(tokenizer)
-    wanted = _load_selection(Path(selection)) if selection is not None else None
+    wanted = set(read_selection_ids(selection)) if selection is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
