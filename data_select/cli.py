@@ -95,7 +95,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     _add_reader_args(e)
     e.add_argument("--workers", type=int, default=1, help="CPU threads for the encoder")
     e.add_argument("--overwrite", action="store_true", help="discard features made with other settings")
-    e.add_argument("--merge", action="store_true", help="only merge the rank-XXXXX shards in --out")
+    e.add_argument("--merge", action="store_true", help="only merge the rank-NNNNN shards in --out")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_embed)
 

@@ -17,7 +17,7 @@ fsynced and only then ``features.json`` (written atomically) advances ``rows_don
 leaves at most one uncommitted window, which a re-run truncates and redoes. :func:`load_features`
 refuses anything that is not a complete, self-consistent directory.
 
-Sharding (torchrun): rank r embeds the documents i with i % world == r into ``rank-XXXXX/``;
+Sharding (torchrun): rank r embeds the documents i with i % world == r into ``rank-NNNNN/``;
 :func:`merge_shards` interleaves the shards back into document order.
 """
 from __future__ import annotations
@@ -443,12 +443,12 @@ def _barrier() -> bool:
 
 
 def merge_shards(out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Interleave complete ``rank-XXXXX/`` shards into ``out_dir`` in document order (row i from
+    """Interleave complete ``rank-NNNNN/`` shards into ``out_dir`` in document order (row i from
     shard i % world), writing features and ids under temporary names and the meta last."""
     root = Path(out_dir)
     shard_dirs = sorted(p for p in root.glob("rank-*") if p.is_dir())
     if not shard_dirs:
-        raise EmbedError(f"{root}: no rank-XXXXX shard directories to merge")
+        raise EmbedError(f"{root}: no rank-NNNNN shard directories to merge")
     shards = [load_features(d) for d in shard_dirs]
     metas = [m for _, _, m in shards]
     world = metas[0]["world_size"]

@@ -1,7 +1,7 @@
 """Atomic checkpoints, integrity checks and RNG capture for exact resume.
 
-Layout of ``RUN/checkpoints/step-XXXXXXXX/``: ``model.safetensors`` (full, unsharded weights),
-the engine's optimizer files, ``trainer.json`` (step, loader state, budget), ``rng/rank-XXXXX.pt``
+Layout of ``RUN/checkpoints/step-NNNNNNNN/``: ``model.safetensors`` (full, unsharded weights),
+the engine's optimizer files, ``trainer.json`` (step, loader state, budget), ``rng/rank-NNNNN.pt``
 and ``config.yaml``, all listed with sizes and sha256 in ``checkpoint.json``, which is written
 last. The directory is built under a temporary name and renamed; ``latest`` is updated after the
 rename. A directory without a matching ``checkpoint.json`` is never loaded.
@@ -144,7 +144,7 @@ def resolve(path: str | Path) -> Path:
         found = latest(root) if root.is_dir() else None
         if found is not None:
             return found
-    raise CheckpointError(f"no checkpoint found at {p} (expected RUN/, RUN/checkpoints/ or a step-XXXXXXXX directory)")
+    raise CheckpointError(f"no checkpoint found at {p} (expected RUN/, RUN/checkpoints/ or a step-NNNNNNNN directory)")
 
 
 def read_trainer_state(ckpt: Path) -> dict:

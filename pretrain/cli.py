@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_plan)
 
     ev = sub.add_parser("eval", help="held-out loss of a checkpoint on token manifests (one JSON line each)")
-    ev.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")
+    ev.add_argument("source", help="run directory or checkpoints/step-NNNNNNNN")
     ev.add_argument("manifests", nargs="+", help="manifest.json (or its directory) tokenized with the model's tokenizer")
     ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--seq-len", type=int, help="default: the run's data.seq_len")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_eval)
 
     e = sub.add_parser("export", help="write a checkpoint as an HF model directory (config, safetensors, tokenizer)")
-    e.add_argument("source", help="run directory or checkpoints/step-XXXXXXXX")
+    e.add_argument("source", help="run directory or checkpoints/step-NNNNNNNN")
     e.add_argument("--out", required=True)
     e.set_defaults(func=_cmd_export)
 
