@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_select.io import publish
+
 
 class SpectrumError(ValueError):
     """Input the diagnostics cannot use; the message names the argument."""
@@ -103,7 +105,8 @@ def plot_spectra(named_eigs: dict[str, np.ndarray], out_png: str | os.PathLike) 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, eigs in named_eigs.items():
         e = np.sort(_positive(eigs))[::-1]
-        e = e[e > 0] / e.sum()
+        # a sample of n files has at most n - 1 non-zero eigenvalues; round-off ones would fill the plot
+        e = e[e > e[0] * 1e-8] / e.sum()
         ax.plot(np.arange(1, len(e) + 1), e, label=f"{name} (eff. rank {effective_rank(e):.1f})")
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue rank")
@@ -116,6 +119,7 @@ def plot_spectra(named_eigs: dict[str, np.ndarray], out_png: str | os.PathLike) 
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        publish(tmp)
         os.replace(tmp, out_png)
     finally:
         plt.close(fig)
