@@ -106,9 +106,8 @@ def test_prediction_recovers_law_generated_runs(quick):
     assert "(fit)" in text and (pred_layout.results / "prediction-errors.png").is_file()
 
 
-def test_branching_report_costs_and_branch_check(quick):
-    fake_experiment_a(quick)
-    b_layout = common.Layout(branching.NAME, quick=True)
+def fake_wsd_plan(quick, b_layout):
+    """A WSD plan whose branches are the tails of (a)'s fake WSD runs (so the branch check finds 0 difference)."""
     rows, decays = [], []
     for b in quick.budgets:
         sep = quick.runs / schedules.run_name("wsd", b, BEST_LR, 0)
@@ -127,9 +126,65 @@ def test_branching_report_costs_and_branch_check(quick):
     (main / "metrics.jsonl").write_text((quick.runs / schedules.run_name("wsd", quick.budgets[-1], BEST_LR, 0)
                                          / "metrics.jsonl").read_text())
     spent = rows[-1]["branch_step"] + sum(decays)
-    plan = {"mode": "wsd", "tokens_per_step": 1024, "budgets": rows, "plan_steps": spent, "plan_tokens": spent * 1024}
+    return {"mode": "wsd", "tokens_per_step": 1024, "budgets": rows, "plan_steps": spent, "plan_tokens": spent * 1024}
+
+
+def test_branching_report_costs_and_branch_check(quick):
+    fake_experiment_a(quick)
+    b_layout = common.Layout(branching.NAME, quick=True)
+    plan = fake_wsd_plan(quick, b_layout)
+    spent = plan["plan_steps"]
     text = branching.report(b_layout, {"wsd": plan}, BEST_LR)
     assert f"| {spent * 1024:,} |" in text
     assert f"| {sum(quick.budgets) * 1024:,} |" in text  # separate runs
     assert text.count("max |Δ train loss| over the decay = 0.0e+00") == len(quick.budgets)
     assert (b_layout.results / "branching.png").is_file()
+    assert "mean ± std" not in text and "seed 0," not in text  # one seed: the seed-0 report as before
+
+
+def test_plan_names_keep_seed_0_paths():
+    assert branching.plan_name("wsd") == "plan-wsd" and branching.plan_name("wsds", 0) == "plan-wsds"
+    assert branching.plan_name("wsds", 1) == "plan-wsds-s1"
+
+
+def test_seed_losses_and_mean_std():
+    def rep(mode, losses):
+        return {"mode": mode, "budgets": [{"budget": b, "final_val_loss": v} for b, v in losses.items()]}
+
+    by_seed = {0: {"wsd": rep("wsd", {1: 5.0, 2: 4.0}), "wsds": rep("wsds", {1: 5.0, 2: 4.1})},
+               1: {"wsd": rep("wsd", {1: 5.2, 2: 4.2}), "wsds": rep("wsds", {1: 5.2, 2: 4.5})},
+               2: {"wsd": rep("wsd", {1: 9.0, 2: 9.0})}}  # no WSD-S plan: left out
+    sl = branching.seed_losses(by_seed, (1, 2))
+    assert sl["seeds"] == [0, 1]
+    assert sl["wsd"][2] == {0: 4.0, 1: 4.2}
+    assert sl["delta"][1] == {0: 0.0, 1: 0.0}
+    assert sl["delta"][2][0] == pytest.approx(0.1) and sl["delta"][2][1] == pytest.approx(0.3)
+    assert branching.mean_std(sl["delta"][2].values(), signed=True) == "+0.2000 ± 0.1414"
+    assert branching.mean_std([4.0]) == "4.0000" and branching.mean_std([]) == "—"
+
+
+def test_branching_report_with_two_seeds(quick):
+    fake_experiment_a(quick)
+    b_layout = common.Layout(branching.NAME, quick=True)
+    wsd0 = fake_wsd_plan(quick, b_layout)
+    shift = {"wsds": 0.02}
+
+    def shifted(plan, mode, d):
+        out = json.loads(json.dumps(plan))
+        out["mode"] = mode
+        for i, r in enumerate(out["budgets"]):
+            r["final_val_loss"] += d * i  # the smallest budget is the same model in both plans
+        return out
+
+    plans0 = {"wsd": wsd0, "wsds": shifted(wsd0, "wsds", shift["wsds"])}
+    wsd1 = shifted(wsd0, "wsd", 0.1)
+    by_seed = {0: plans0, 1: {"wsd": wsd1, "wsds": shifted(wsd1, "wsds", 0.04)}}
+    text = branching.report(b_layout, plans0, BEST_LR, by_seed=by_seed)
+    assert "cosine, separate runs (a), seed 0" in text and "WSD plan: one main run + branches, seed 0" in text
+    assert "WSD-S plan, mean ± std over seeds 0, 1" in text
+    assert "| **Δ WSD-S − WSD plan** | 1 | +0.0000 | +0.0400 | +0.0800 |" in text
+    assert "| **Δ WSD-S − WSD plan** | mean ± std | +0.0000 ± 0.0000 | +0.0300 ± 0.0141 | +0.0600 ± 0.0283 |" in text
+    assert "mean Δ val loss" in text
+    summary = json.loads((b_layout.results / "summary.json").read_text())
+    assert summary["plans_by_seed"]["seeds"] == [0, 1]
+    assert summary["plans_by_seed"]["delta"][str(quick.budgets[-1])]["1"] == pytest.approx(0.08)

@@ -288,7 +288,7 @@ the summary of every run are under `docs/results/<experiment>/`.
 python -m data_select corpus --out work/corpus-small
 python -m data_select tokenize 'work/corpus-small/*.jsonl' --out work/exp-tokens --vocab-size 4096 --val-fraction 0.02 --seed 0
 python tools/experiments/schedules.py --seeds 3   # (a); --shard 0/2 and --shard 1/2 split it over two processes
-python tools/experiments/branching.py             # (b); needs the LR chosen by (a)'s sweep
+python tools/experiments/branching.py --seeds 0 1 # (b); needs the LR chosen by (a)'s sweep
 python tools/experiments/prediction.py            # (d); fits on (a)'s runs, trains nothing
 ```
 """
