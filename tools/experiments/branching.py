@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import schedules as exp_a
-from common import (ExperimentError, Layout, smooth, final_val_loss, make_config, markdown_table, publish, schedule_spec,
-                    setup_threads, train_curve, write_json, write_section)
+from common import (Layout, smooth, final_val_loss, make_config, markdown_table, publish, publish_section, run_driver,
+                    schedule_spec, setup_threads, train_curve, write_json)
 
 NAME = "branching"
 MODES = ("wsd", "wsds")
@@ -316,13 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                     by_seed[seed][mode] = json.loads(path.read_text())
             else:
                 by_seed[seed][mode] = run_plan(layout, mode, lr, seed)
-    write_section(layout.results_md, NAME, report(layout, by_seed[0], lr, by_seed=by_seed))
-    print(f"wrote {layout.results_md} ({time.time() - t0:.0f} s)")
+    publish_section(layout.results_md, NAME, report(layout, by_seed[0], lr, by_seed=by_seed), t0)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ExperimentError as e:
-        raise SystemExit(f"branching: {e}")
+    run_driver(main, "branching")

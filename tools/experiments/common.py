@@ -13,6 +13,7 @@ import platform
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,20 @@ QUICK_WARMUP = 2
 
 class ExperimentError(RuntimeError):
     """A driver cannot go on (missing data, a run's results unreadable); the message names the file."""
+
+
+def publish_section(md: Path, name: str, body: str, t0: float) -> None:
+    """Replace one driver's section of RESULTS.md and say so."""
+    write_section(md, name, body)
+    print(f"wrote {md} ({time.time() - t0:.0f} s)")
+
+
+def run_driver(main, name: str) -> None:
+    """Entry point of a driver: a clear one-line error instead of a traceback for ExperimentError."""
+    try:
+        raise SystemExit(main())
+    except ExperimentError as e:
+        raise SystemExit(f"{name}: {e}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import schedules as exp_a
-from common import ExperimentError, Layout, markdown_table, write_json, write_section
+from common import ExperimentError, Layout, markdown_table, publish_section, run_driver, write_json
 
 NAME = "prediction"
 FINAL_WINDOW = 10
@@ -199,13 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout(NAME, args.quick)
     t0 = time.time()
     lr = exp_a.best_lr(Layout(exp_a.NAME, args.quick))
-    write_section(layout.results_md, NAME, report(layout, lr))
-    print(f"wrote {layout.results_md} ({time.time() - t0:.0f} s)")
+    publish_section(layout.results_md, NAME, report(layout, lr), t0)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ExperimentError as e:
-        raise SystemExit(f"prediction: {e}")
+    run_driver(main, "prediction")

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (ROOT, ExperimentError, Layout, smooth, final_val_loss, make_config, markdown_table, publish, setup_section,
-                    setup_threads, schedule_spec, train_curve, train_run, write_json, write_section)
+from common import (ROOT, ExperimentError, Layout, smooth, final_val_loss, make_config, markdown_table, publish,
+                    publish_section, run_driver, setup_section, setup_threads, schedule_spec, train_curve, train_run,
+                    write_json, write_section)
 
 NAME = "schedules"
 SWEEP_LRS = (2e-3, 4e-3, 8e-3)
@@ -301,13 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         _phase(layout, seed_runs(layout, lr, args.seeds), (k, n))
     if k == 0:
         write_section(layout.results_md, "setup", setup_section(layout))
-        write_section(layout.results_md, NAME, report(layout, args.seeds))
-        print(f"wrote {layout.results_md} ({time.time() - t0:.0f} s)")
+        publish_section(layout.results_md, NAME, report(layout, args.seeds), t0)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ExperimentError as e:
-        raise SystemExit(f"schedules: {e}")
+    run_driver(main, "schedules")
