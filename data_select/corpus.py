@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError
 from data_select.io import atomic_write_text
+from data_select.sources import match_files
 
 BUILDER_VERSION = "1"
 CORPUS_FORMAT = "budgetlm-corpus/1"
@@ -388,7 +389,7 @@ def _spread(paths: Iterable[Path], root: Path) -> list[Path]:
 
 
 def _glob(root: Path, patterns: Iterable[str], exclude: Iterable[str] = ()) -> list[Path]:
-    found = {p for pat in patterns for p in root.glob(pat) if p.is_file() and not p.is_symlink()}
+    found = match_files(root, patterns, follow_symlinks=False)
     rx = [re.compile(x) for x in exclude]
     return _spread((p for p in found if not any(r.search(p.relative_to(root).as_posix()) for r in rx)), root)
 
@@ -436,7 +437,7 @@ def dictd_files(target_chars: int = 4000) -> Extractor:
 def fortune_files(roots: list[Path], skipped: Counter) -> Iterator[Item]:
     """Fortune cookie files (no .dat indexes, no .u8 duplicates) as groups of ~1 KB of quotes."""
     root = roots[0]
-    for path in sorted(p for p in root.glob("usr/share/games/fortunes/**/*") if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")):
+    for path in (p for p in match_files(root, ["usr/share/games/fortunes/**/*"], follow_symlinks=False) if p.suffix not in (".dat", ".u8")):
         text = read_text_file(path)
         if text is None:
             skipped["binary"] += 1

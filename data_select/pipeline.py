@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from data_select import baselines, disf, spectrum
-from data_select.embed import _input_files, embed_corpus, load_features
+from data_select.embed import embed_corpus, load_features
 from data_select.io import atomic_write_json, atomic_write_lines, read_selection_ids, sha256_file
 from data_select.errors import DataSelectError, UsageError
 
@@ -70,11 +70,11 @@ def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batc
 def _dsir_texts(meta: dict, ids: list[dict], target: str | None) -> tuple[list[str], list[str]]:
     """Pool texts (re-read from the inputs the features were made from) and the target texts:
     the pool's documents of domain ``target``, else the documents of the files ``target`` names."""
-    from data_select.sources import iter_documents
+    from data_select.sources import input_fingerprint, iter_documents
 
     if not target:
         raise PipelineError("method dsir needs --target: a domain of the pool or a file/glob of target texts")
-    if _input_files(meta["inputs"]) != meta["input_files"]:
+    if input_fingerprint(meta["inputs"]) != meta["input_files"]:
         raise PipelineError(f"inputs {meta['inputs']} changed since they were embedded; re-run `data-select embed --overwrite`")
     read_kw = dict(text_field=meta["text_field"], domain_field=meta["domain_field"], id_field=meta["id_field"],
                    domain_from_dir=meta.get("domain_from_dir", False),
