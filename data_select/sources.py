@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 import zstandard
 from tqdm.auto import tqdm
 
-from data_select.errors import NoDocumentsError
+from data_select.errors import CorruptInput, InputFileError, NoDocumentsError, SpecialFile, UnsupportedFormat
 
 REASONS = (
     "unreadable",  # missing path, dangling symlink, symlink loop, permission denied, unlistable folder
@@ -75,12 +75,11 @@ REASONS = (
 _GLOB_CHARS = set("*?[")
 _PARQUET_BATCH_ROWS = 1024
 _READ_CHUNK = 1 << 20
-_ZSTD_FEED = 256  # compressed bytes per zstd call: one call can then inflate to at most ~8 MiB
+_ZSTD_FEED = 64  # compressed bytes per zstd call: one call can then inflate to at most ~2 MiB
+_XZ_MEMLIMIT = 256 << 20  # decoder memory for .xz (xz -9 needs 65 MiB)
 _PARQUET_PAGE_FLOOR = 64 << 20  # Parquet pages up to this size (or 2·max_doc_bytes) are decoded
 _SNIFF = 512
 _BOM = b"\xef\xbb\xbf"
-_ANY_EOL = re.compile(rb"\r\n?|\n")
-_LF = re.compile(rb"\n")
 
 _CODEC_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz", ".lzma": "xz"}
 _MAGIC_CODECS = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"))
@@ -101,18 +100,6 @@ _UNSUPPORTED_MAGIC = (
     (b"SQLite format 3\x00", "SQLite database"),
 )
 _SUPPORTED = "text, .jsonl/.ndjson/.json, .parquet, each optionally .gz/.zst/.bz2/.xz"
-
-
-class _Corrupt(Exception):
-    """Internal: a compressed stream or container is broken."""
-
-
-class _Special(Exception):
-    """Internal: the path is not a regular file (FIFO, socket, device)."""
-
-
-class _Unsupported(Exception):
-    """Internal: a format this reader does not read; the message names it."""
 
 
 @dataclass(slots=True)
@@ -378,7 +365,7 @@ def input_fingerprint(inputs: Iterable[str | Path]) -> list[dict]:
 
 
 class _Checked(io.RawIOBase):
-    """A decompressing reader whose every error (bad data, truncation) is :class:`_Corrupt`."""
+    """A decompressing reader whose every error (bad data, truncation) is :class:`CorruptInput`."""
 
     def __init__(self, inner, codec: str):
         self._inner, self._codec = inner, codec
@@ -389,10 +376,10 @@ class _Checked(io.RawIOBase):
     def readinto(self, b) -> int:
         try:
             data = self._inner.read1(len(b))  # one step: what decoded before a break is kept
-        except _Corrupt:
+        except CorruptInput:
             raise
         except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
-            raise _Corrupt(f"{self._codec}: {e}") from None
+            raise CorruptInput(f"{self._codec}: {e}") from None
         b[:len(data)] = data
         return len(data)
 
@@ -401,34 +388,30 @@ class _Checked(io.RawIOBase):
         super().close()
 
 
-class _Zstd(io.RawIOBase):
-    """Streaming zstd over every frame, in bounded steps: input is fed ``_ZSTD_FEED`` bytes at a
-    time (zstd inflates at most ~32 KiB per input byte), and a truncated last frame is an error."""
+class _Inflate(io.RawIOBase):
+    """Bounded streaming decompression over concatenated frames: each :meth:`_step` inflates a
+    bounded amount, a stream that ends inside a frame is :class:`CorruptInput`, and an error met
+    after some output is raised on the next call, so the records before a break survive."""
+
+    codec = ""
 
     def __init__(self, fh):
         self._fh = fh
-        self._dctx = zstandard.ZstdDecompressor()
-        self._obj = self._dctx.decompressobj()
-        self._in = memoryview(b"")
-        self._carry = b""  # input a finished frame left over: the start of the next frame
         self._out = bytearray()
-        self._in_frame = False
         self._done = False
-        self._error: _Corrupt | None = None
+        self._error: CorruptInput | None = None
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (at least one feed's worth unless the stream ended); an error met
-        after some output is raised on the next call, so the records before a break survive."""
         if self._error is not None and not self._out:
             raise self._error
         want = _READ_CHUNK if size is None or size < 0 else size
         try:
             while len(self._out) < want and not self._done:
-                self._feed()
-        except _Corrupt as e:
+                self._step(want - len(self._out))
+        except CorruptInput as e:
             if not self._out:
                 raise
             self._error = e
@@ -439,18 +422,45 @@ class _Zstd(io.RawIOBase):
 
     read1 = read
 
-    def _feed(self) -> None:
+    def _input(self, in_frame: bool) -> bytes:
+        """The next compressed chunk; b"" (and done) at a clean end."""
+        chunk = self._fh.read(_READ_CHUNK)
+        if not chunk:
+            if in_frame:
+                raise CorruptInput(f"{self.codec}: stream ends inside a frame (truncated file)")
+            self._done = True
+        return chunk
+
+    def _step(self, room: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+class _Zstd(_Inflate):
+    """zstd has no output bound per call, so input is fed ``_ZSTD_FEED`` bytes at a time (zstd
+    inflates at most ~32 KiB per input byte)."""
+
+    codec = "zstd"
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in = memoryview(b"")
+        self._carry = b""  # input a finished frame left over: the start of the next frame
+        self._in_frame = False
+
+    def _step(self, room: int) -> None:
         if self._carry:
             feed, self._carry = self._carry, b""
         else:
             if not self._in:
-                chunk = self._fh.read(_READ_CHUNK)
-                if not chunk:
-                    if self._in_frame:
-                        raise _Corrupt("zstd stream ends inside a frame (truncated file)")
-                    self._done = True
+                self._in = memoryview(self._input(self._in_frame))
+                if self._done:
                     return
-                self._in = memoryview(chunk)
             feed, self._in = self._in[:_ZSTD_FEED], self._in[_ZSTD_FEED:]
         self._out += self._obj.decompress(feed)
         self._in_frame = True
@@ -459,9 +469,35 @@ class _Zstd(io.RawIOBase):
             self._obj = self._dctx.decompressobj()
             self._in_frame = False
 
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
+
+class _Xz(_Inflate):
+    """.xz / .lzma with a memory limit on the decoder (a header may ask for a 1.5 GiB dictionary)
+    and ``max_length`` bounding each call's output."""
+
+    codec = "xz"
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self._obj = self._new()
+        self._in_frame = False
+
+    @staticmethod
+    def _new():
+        return lzma.LZMADecompressor(format=lzma.FORMAT_AUTO, memlimit=_XZ_MEMLIMIT)
+
+    def _step(self, room: int) -> None:
+        data = b""
+        if self._obj.eof:
+            data = self._obj.unused_data
+            self._obj, self._in_frame = self._new(), False
+        if not data and self._obj.needs_input:
+            data = self._input(self._in_frame)
+        if not self._in_frame:
+            data = data.lstrip(b"\0")  # stream padding between concatenated streams
+            if not data:
+                return
+        self._out += self._obj.decompress(data, max_length=room)
+        self._in_frame = True
 
 
 def _open_regular(path: Path):
@@ -471,7 +507,7 @@ def _open_regular(path: Path):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _Special(_special_kind(st.st_mode))
+            raise SpecialFile(_special_kind(st.st_mode))
         return io.BufferedReader(io.FileIO(fd, "rb", closefd=True), buffer_size=_READ_CHUNK)
     except BaseException:
         os.close(fd)
@@ -525,7 +561,7 @@ def _decoder(raw, codec: str):
     elif codec == "bz2":
         inner = bz2.BZ2File(raw, mode="rb")
     elif codec == "xz":
-        inner = lzma.LZMAFile(raw, mode="rb")
+        inner = _Xz(raw)
     else:
         inner = _Zstd(raw)
     return io.BufferedReader(_Checked(inner, codec), buffer_size=_READ_CHUNK)
@@ -534,11 +570,12 @@ def _decoder(raw, codec: str):
 def open_decoded(path: str | Path) -> tuple[io.BufferedReader, str | None]:
     """(readable stream of the file's decoded bytes, codec or None): the one way every step opens
     an input. The codec comes from the name (.gz, .zst, .bz2, .xz) or else from the magic bytes.
-    Raises ``_Special`` for a non-regular file, ``_Unsupported`` for a format we do not read."""
+    Raises :class:`SpecialFile` for a non-regular file, :class:`UnsupportedFormat` for a format
+    this reader does not read, :class:`CorruptInput` (while reading) for a broken stream."""
     path = Path(path)
     why = _unsupported_suffix(path.name)
     if why:
-        raise _Unsupported(why)
+        raise UnsupportedFormat(f"{why} (supported: {_SUPPORTED})")
     raw = _open_regular(path)
     try:
         named, _ = _split_name(path.name)
@@ -547,13 +584,14 @@ def open_decoded(path: str | Path) -> tuple[io.BufferedReader, str | None]:
         if codec is None:
             what = _sniff_unsupported(head)
             if what:
-                raise _Unsupported(f"{os.path.splitext(path.name)[1] or 'no extension'}: content is a {what}")
+                ext = os.path.splitext(path.name)[1] or "no extension"
+                raise UnsupportedFormat(f"{ext}: content is a {what} (supported: {_SUPPORTED})")
             return raw, None
         stream = _decoder(raw, codec)
         what = _sniff_unsupported(stream.peek(_SNIFF)[:_SNIFF])
         if what:
             stream.close()
-            raise _Unsupported(f"{path.name}: decompressed content is a {what}")
+            raise UnsupportedFormat(f"{path.name}: decompressed content is a {what} (supported: {_SUPPORTED})")
         return stream, codec
     except BaseException:
         raw.close()
@@ -580,6 +618,27 @@ def read_span(path: str | Path, offset: int, nbytes: int) -> bytes:
 # --------------------------------------------------------------------------- records
 
 
+def _eol_mode(buf: bytearray, eof: bool) -> str | None:
+    """'lf' or 'cr' from the first terminator of a file; None while it cannot be told yet."""
+    lf = buf.find(b"\n")
+    cr = buf.find(b"\r", 0, lf if lf >= 0 else len(buf))
+    if cr < 0:
+        return "lf" if lf >= 0 else None
+    if cr + 1 < len(buf):
+        return "lf" if buf[cr + 1] == 10 else "cr"
+    return "cr" if eof else None  # a CR at the end of what was read: a LF may follow
+
+
+def _next_eol(buf: bytearray, pos: int, cr_mode: bool) -> tuple[int, int] | None:
+    """(start, end) of the next line terminator at or after ``pos``."""
+    lf = buf.find(b"\n", pos)
+    if cr_mode:
+        cr = buf.find(b"\r", pos, lf if lf >= 0 else len(buf))
+        if cr >= 0:
+            return cr, cr + 2 if buf[cr + 1:cr + 2] == b"\n" else cr + 1
+    return (lf, lf + 1) if lf >= 0 else None
+
+
 def _lines(stream, max_line: int) -> Iterator[tuple[int, bytearray | None, int]]:
     """(offset, line, length) for each line of a byte stream, without its terminator.
 
@@ -589,22 +648,19 @@ def _lines(stream, max_line: int) -> Iterator[tuple[int, bytearray | None, int]]
     """
     buf = bytearray()
     pos = base = dropped = 0
-    eol: re.Pattern | None = None
-    cr_mode = eof = False
+    mode: str | None = None
+    eof = False
     while True:
-        if eol is None:
-            m = _ANY_EOL.search(buf)
-            if m and (m.end() < len(buf) or eof):
-                cr_mode = m.group() == b"\r"
-                eol = _ANY_EOL if cr_mode else _LF
-        m = eol.search(buf, pos) if eol is not None else None
-        if m is not None and (eof or m.end() < len(buf) or buf[m.start()] != 13):
-            end = m.start()
-            if not cr_mode and end > pos and buf[end - 1] == 13:
+        if mode is None:
+            mode = _eol_mode(buf, eof)
+        hit = _next_eol(buf, pos, mode == "cr") if mode is not None else None
+        if hit is not None and (eof or hit[1] < len(buf) or buf[hit[0]] != 13):
+            end = hit[0]
+            if mode == "lf" and end > pos and buf[end - 1] == 13:
                 end -= 1
             length = dropped + end - pos
             yield base + pos - dropped, (None if dropped or length > max_line else buf[pos:end]), length
-            pos, dropped = m.end(), 0
+            pos, dropped = hit[1], 0
             continue
         if eof:
             if pos < len(buf) or dropped:
@@ -673,7 +729,9 @@ class _Reader:
         if reason is None and doc.id in self.seen:
             reason = "duplicate_id"
         if reason is not None:
-            self.rej.add(reason, where or f"{doc.source}:{doc.record}", f"id={doc.id}" if reason == "duplicate_id" else "")
+            detail = {"duplicate_id": f"id={doc.id}", "invalid_utf8": "unpaired surrogate in the text",
+                      "too_large": f"{nbytes} bytes of text, over {self.max_doc_bytes}"}.get(reason, "")
+            self.rej.add(reason, where or f"{doc.source}:{doc.record}", detail)
             return False
         if not doc.nbytes:
             doc.nbytes = nbytes
@@ -753,7 +811,7 @@ def _read_jsonl(r: _Reader, lines: Iterator, rel: str, index: int, source: str) 
         try:
             rec = json.loads(s)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, 5,000-digit integers, deep nesting
-            r.rej.add("malformed_json", f"{source}:{n}", f"{type(e).__name__}: {str(e)[:200]} (byte offset {offset})")
+            r.rej.add("malformed_json", f"{source}:{n}", f"byte offset {offset}: {type(e).__name__}: {str(e)[:200]}")
             continue
         doc = Document(id=f"{rel}:{n}", text="", source=source, domain=None, file=index, offset=offset,
                        nbytes=length, record=n)
@@ -798,7 +856,7 @@ def _thrift_skip(buf: bytes, pos: int, ftype: int) -> int:
         return pos
     if ftype == 12:
         return _thrift_struct(buf, pos, {})[1]
-    raise _Corrupt(f"Parquet page header: unknown thrift type {ftype}")
+    raise CorruptInput(f"Parquet page header: unknown thrift type {ftype}")
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -849,11 +907,11 @@ def _largest_page(fh, col) -> int:
                 break
             except IndexError:
                 if len(head) < window:
-                    raise _Corrupt(f"Parquet page header at byte {pos} is cut short") from None
+                    raise CorruptInput(f"Parquet page header at byte {pos} is cut short") from None
         else:
-            raise _Corrupt(f"Parquet page header at byte {pos} is longer than 1 MiB")
+            raise CorruptInput(f"Parquet page header at byte {pos} is longer than 1 MiB")
         if 2 not in fields or 3 not in fields or fields[3] < 0:
-            raise _Corrupt(f"Parquet page header at byte {pos} has no page sizes")
+            raise CorruptInput(f"Parquet page header at byte {pos} has no page sizes")
         largest = max(largest, fields[2])
         pos += used + fields[3]
     return largest
@@ -907,7 +965,7 @@ def _read_file(r: _Reader, path: Path, rel: str, index: int, source: str) -> Ite
         if codec is None and stream.peek(4)[:4] == b"PAR1":
             yield from _read_parquet(r, stream, rel, index, source)
         elif name.endswith(".parquet"):
-            raise _Corrupt("no PAR1 magic: not a Parquet file")
+            raise CorruptInput("no PAR1 magic: not a Parquet file")
         elif name.endswith((".jsonl", ".ndjson")) or name.endswith(".json") and _looks_like_jsonl(stream):
             yield from _read_jsonl(r, _lines(stream, 2 * r.max_doc_bytes), rel, index, source)
         elif codec is None and os.fstat(stream.fileno()).st_size > r.max_doc_bytes:
@@ -949,11 +1007,10 @@ def iter_documents(inputs: list[str | Path], *, text_field: str = "text", domain
                     doc.domain = _dir_domain(rel)
                 yielded += 1
                 yield doc
-        except _Special as e:
-            rej.add("special_file", source, str(e))
-        except _Unsupported as e:
-            rej.add("unsupported_format", source, f"{e} (supported: {_SUPPORTED})")
-        except (_Corrupt, pa.ArrowException, EOFError) as e:
+        except InputFileError as e:
+            done = f" (after {yielded - n_before} documents)" if e.reason == "corrupt" else ""
+            rej.add(e.reason, source, f"{e}{done}")
+        except (pa.ArrowException, EOFError) as e:
             rej.add("corrupt", source, f"{type(e).__name__}: {e} (after {yielded - n_before} documents)")
         except OSError as e:
             rej.add("unreadable", source, f"{type(e).__name__}: {e.strerror or e}")
