@@ -654,7 +654,7 @@ def _lines(stream, max_line: int) -> Iterator[tuple[int, bytearray | None, int]]
         if mode is None:
             mode = _eol_mode(buf, eof)
         hit = _next_eol(buf, pos, mode == "cr") if mode is not None else None
-        if hit is not None and (eof or hit[1] < len(buf) or buf[hit[0]] != 13):
+        if hit is not None and (eof or hit[1] < len(buf) or buf[hit[0]:hit[1]] != b"\r"):  # a last CR may be a CRLF
             end = hit[0]
             if mode == "lf" and end > pos and buf[end - 1] == 13:
                 end -= 1
@@ -668,7 +668,7 @@ def _lines(stream, max_line: int) -> Iterator[tuple[int, bytearray | None, int]]
                 yield base + pos - dropped, (None if dropped or length > max_line else buf[pos:]), length
             return
         keep = pos
-        if dropped or len(buf) - pos > max_line:  # an over-long line: forget its bytes but a last CR
+        if dropped or len(buf) - pos > max_line + 1:  # over-long (+1: a CRLF's CR): forget it but a last CR
             keep = len(buf) - (1 if buf and buf[-1] == 13 else 0)
             dropped += keep - pos
         del buf[:keep]
