@@ -110,6 +110,11 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dedup-threshold", type=float, default=0.95, help="cosine at or above which a file is a duplicate")
     s.add_argument("--target", default=None, help="dsir: a domain of the pool, or a file/glob of target texts")
+    s.add_argument("--disf-variant", default="exact", choices=["exact", "released"],
+                   help="exact (default): the paper's score, shuffled batches, every file; released: the published "
+                        "DiSF script (float32, epsilon, lowest-index ties, contiguous full batches)")
+    s.add_argument("--disf-processes", type=int, default=1,
+                   help="released: contiguous ranges the pool is split into, as the script's cpu_count() (default 1)")
     s.add_argument("--workers", type=int, default=1, help="processes for DiSF batches")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_select)
@@ -163,7 +168,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     rec = select_features(args.features, args.out, method=args.method, ratio=args.ratio, k_per_batch=args.k_per_batch,
                           batch_size=args.batch_size, seed=args.seed, dedup_threshold=args.dedup_threshold,
-                          target=args.target, workers=args.workers, progress=not args.no_progress)
+                          target=args.target, disf_variant=args.disf_variant, disf_processes=args.disf_processes,
+                          workers=args.workers, progress=not args.no_progress)
     c = rec["counts"]
     print(f"{rec['method']}: selected {c['selected']:,} of {c['input']:,} documents "
           f"({c['deduplicated']:,} deduplicated) -> {args.out}/selection.jsonl")
