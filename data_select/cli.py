@@ -78,6 +78,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(f"documents: {src['documents']} (train {sp['train']['documents']}, val {sp['val']['documents']})")
     print(f"tokens: train {sp['train']['tokens']:,}, val {sp['val']['tokens']:,} ({m['dtype']}, vocab {m['tokenizer']['vocab_size']})")
     print(f"rejected: {rejected}")
+    print(f"input: {src['read'] + sum(src['rejected'].values()):,} = {src['documents']:,} tokenized + "
+          f"{src['not_selected']:,} not selected + {sum(src['rejected'].values()):,} rejected")
     for name, d in m["domains"].items():
         print(f"  {name}: {d['documents']} documents, {d['tokens']:,} tokens")
     print(f"manifest: {args.out}/manifest.json (fingerprint {m['fingerprint'][:16]})")
@@ -159,7 +161,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"rank {meta['rank']}: {meta['n']:,} documents embedded into {args.out}/rank-{meta['rank']:05d}")
         return 0
     print(f"embedded {meta['n']:,} documents with {meta['encoder']} ({meta['dim']}-d, {meta['max_tokens']} tokens) "
-          f"-> {args.out}; rejected {meta['rejected_total']:,} {(meta['rejected'] or {}).get('counts', '')}")
+          f"-> {args.out}; rejected {meta['rejected_total']:,} {(meta['rejected'] or {}).get('counts', '')} "
+          f"(input {meta['n'] + meta['rejected_total']:,})")
     return 0
 
 

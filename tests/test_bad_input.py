@@ -216,10 +216,15 @@ def test_cli_run_keeps_every_good_document_and_adds_up(corpus, tmp_path, capsys)
     assert f"{N_GOOD + N_BAD} input" in out
 
 
-def test_cli_tokenize_everything_adds_up(corpus, tmp_path, capsys):
+def test_cli_embed_and_tokenize_everything_add_up(corpus, tmp_path, capsys):
+    rc, out, err = run_cli(["embed", corpus, "--out", tmp_path / "f", "--encoder", "hashing", "--dim", 16,
+                            "--domain-field", DOMAIN, "--no-progress"], capsys)
+    assert rc == 0 and "Traceback" not in err + out, err
+    assert f"embedded {N_GOOD} documents" in out and f"rejected {N_BAD} " in out and f"(input {N_GOOD + N_BAD})" in out
     rc, out, err = run_cli(["tokenize", corpus, "--out", tmp_path / "tok", "--vocab-size", 600, "--workers", 1,
                             "--domain-field", DOMAIN, "--no-progress"], capsys)
     assert rc == 0 and "Traceback" not in err + out, err
+    assert f"input: {N_GOOD + N_BAD} = {N_GOOD} tokenized + 0 not selected + {N_BAD} rejected" in out
     m = json.loads((tmp_path / "tok" / "manifest.json").read_text())
     sp, src = m["splits"], m["sources"]
     assert sp["train"]["documents"] + sp["val"]["documents"] == src["documents"] == N_GOOD
