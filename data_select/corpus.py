@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -1033,18 +1034,22 @@ def status_line(manifest: dict) -> str:
 
 
 def partial_corpus_notes(inputs: Iterable[str | Path]) -> list[str]:
-    """One line for each partial corpus among the inputs (a corpus folder, or files or globs inside one)."""
+    """One line for each partial corpus among the inputs: a corpus folder, a file in one, or a glob
+    whose fixed folder part is one (``work/corpus/*.jsonl``). Constant work per input, however many
+    files a glob matches."""
     folders: dict[Path, None] = {}
     for inp in inputs:
-        for path in (glob.glob(str(inp), recursive=True) or [str(inp)]):
-            path = Path(path)
-            folders[path if path.is_dir() else path.parent] = None
+        path = Path(inp)
+        if glob.has_magic(str(inp)):
+            fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+            path = Path(*fixed) if fixed else Path(".")
+        folders[path if path.is_dir() else path.parent] = None
     notes = []
     for folder in folders:
         try:
             manifest = _read_manifest(folder)
         except CorpusError:
             continue
-        if manifest and manifest.get("status") == "partial":
+        if isinstance(manifest, dict) and manifest.get("format") == CORPUS_FORMAT and manifest.get("status") == "partial":
             notes.append(f"{folder} is a partial corpus: {status_line(manifest)} (see {folder / 'corpus.json'})")
     return notes
