@@ -24,20 +24,42 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--full", action="store_true", help="every source, no per-domain cap (>= 300 MB; default: small, a few MB)")
     c.add_argument("--cache", default=None, help="download/unpack cache (default: ~/.cache/budgetlm/corpus)")
     c.add_argument("--domains", default=None, help="comma-separated subset of domains (default: all)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--allow-partial", action="store_true",
+                   help="keep a build with missing domains and exit 0 (default: exit 1 after its summary)")
+    g.add_argument("--fallback", metavar="DIR", default=None,
+                   help="when the Debian corpus cannot be built completely, use the complete corpus in DIR "
+                        "(e.g. the committed sample tests/fixtures/corpus) and say so")
     c.set_defaults(func=cmd_corpus)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from data_select.corpus import CorpusError, build_corpus, summary_table
+    from data_select.corpus import CorpusError, build_corpus, build_or_fallback, status_line, summary_table
 
-    domains = args.domains.split(",") if args.domains else None
+    kw = dict(size="full" if args.full else "small", cache_dir=args.cache,
+              domains=args.domains.split(",") if args.domains else None)
     try:
-        manifest = build_corpus(args.out, size="full" if args.full else "small", cache_dir=args.cache, domains=domains)
+        manifest = build_or_fallback(args.out, fallback=args.fallback, **kw) if args.fallback else build_corpus(args.out, **kw)
     except CorpusError as e:
         raise UsageError(str(e)) from None
+    if "fallback" in manifest:
+        print(f"corpus: {status_line(manifest)} -> {args.out}")
+        return 0
     print(summary_table(manifest))
     print(f"corpus: {args.out} ({manifest['size']}, built in {manifest['elapsed_s']} s)")
+    if manifest["status"] == "partial" and not args.allow_partial:
+        print(f"data-select: error: {args.out} is a partial corpus (reasons above and in {args.out}/corpus.json); "
+              "pass --allow-partial to use it anyway, or --fallback DIR to use a complete corpus instead", file=sys.stderr)
+        return 1
     return 0
+
+
+def _warn_if_partial(inputs: list[str]) -> None:
+    """A step reading a partial corpus says so before it starts."""
+    from data_select.corpus import partial_corpus_notes
+
+    for note in partial_corpus_notes(inputs):
+        print(f"data-select: warning: {note}", file=sys.stderr)
 
 
 def _add_reader_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +90,7 @@ def _add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from data_select.tokenize import tokenize_corpus
 
+    _warn_if_partial(args.inputs)
     m = tokenize_corpus(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                         val_fraction=args.val_fraction, seed=args.seed, selection=args.selection,
                         text_field=args.text_field, domain_field=args.domain_field or None, id_field=args.id_field,
@@ -153,6 +176,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise UsageError("embed: give at least one INPUT (or --merge)")
+        _warn_if_partial(args.inputs)
         meta = embed_corpus(args.inputs, args.out, encoder=args.encoder, dim=args.dim, batch_size=args.batch_size,
                             max_tokens=args.max_tokens, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, workers=args.workers,
@@ -191,7 +215,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from data_select.pipeline import load_run_config, run
 
-    res = run(load_run_config(args.config, args.overrides))
+    cfg = load_run_config(args.config, args.overrides)
+    _warn_if_partial(cfg.inputs)
+    res = run(cfg)
     c = res["select"]["counts"]
     print(f"features: {res['features']['n']:,} documents ({res['features']['encoder']})")
     print(f"selection ({res['select']['method']}): {c['selected']:,} of {c['input']:,}")

@@ -30,7 +30,7 @@ from pretrain.trainer import TrainResult, train
 
 @dataclass
 class BudgetPoint:
-    budget: int  # in the config's budget unit
+    budget: int | float  # in the config's budget unit
     steps: int
     decay_steps: int
 
@@ -77,7 +77,8 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.checkpoint.resume = "auto"  # a re-run continues the branch; a first run starts from init.checkpoint
     cfg.checkpoint.at_steps = []
     cfg.checkpoint.save_final = True  # the finished model is the point of a branch
-    cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets, cfg.budget.stop_at = n + decay_steps, None, [], None
+    cfg.budget.set_steps(n + decay_steps)
+    cfg.budget.stop_at = None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
     cfg.schedule.params = {"decay_steps": decay_steps, "decay_shape": shape}
@@ -114,7 +115,7 @@ def _export_main(result: TrainResult) -> None:
 def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
     budgets = cfg.budget.budgets
     if not budgets:
-        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of budget.tokens / budget.steps)")
+        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of the budget: tokens, steps or epochs)")
     if any(b >= c for b, c in zip(budgets, budgets[1:])):
         raise ConfigError(f"budget.budgets must be strictly increasing, got {budgets}")
     if cfg.schedule.name != "wsd":
@@ -151,7 +152,7 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
     if mode == "wsd":
         main = copy.deepcopy(cfg)
         main.run_dir = str(root / "main")
-        main.budget.steps, main.budget.tokens, main.budget.budgets = points[-1].steps, None, []
+        main.budget.set_steps(points[-1].steps)
         main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
@@ -169,7 +170,7 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
         for p in points:
             seg = copy.deepcopy(cfg)
             seg.run_dir = str(root / f"budget-{p.budget}")
-            seg.budget.steps, seg.budget.tokens, seg.budget.budgets = p.steps, None, []
+            seg.budget.set_steps(p.steps)
             seg.schedule.params = {k: v for k, v in seg.schedule.params.items() if k != "decay_fraction"}
             seg.schedule.params["decay_steps"] = p.decay_steps
             seg.checkpoint.save_final, seg.checkpoint.resume = True, "auto"
