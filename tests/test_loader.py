@@ -184,8 +184,8 @@ def _traced_peak(fn):
 
 def test_start_up_memory_does_not_grow_with_the_data(tmp_path):
     """2**30 tokens (33.5M sequences) against 2**20: a materialised order alone would be 268 MB of int64."""
-    small, big = (write_sparse_manifest(tmp_path / f"d{b}", train_tokens=1 << b, shard_tokens=1 << 28, vocab=256)
-                  for b in (20, 30))
+    small, big = (write_sparse_manifest(tmp_path / f"d{b}", train_tokens=1 << b, shard_tokens=1 << 28, vocab=256,
+                                        val_tokens=1 << (b - 6)) for b in (20, 30))
 
     def loader_and_eval():
         data = TokenData(big)
@@ -193,7 +193,7 @@ def test_start_up_memory_does_not_grow_with_the_data(tmp_path):
         loader.check_budget(loader.steps_per_epoch)
         assert [t.shape for t in loader.next_batch()] == [(4, 32), (4, 32)]
         val = eval_batches(data, seq_len=32, micro_batch_size=4, max_batches=0)  # the whole split, read when used
-        assert len(val) == 65536 // 32 // 4 and val[-1][0].shape == (4, 32)
+        assert len(val) == (1 << 24) // 32 // 4 and val[-1][0].shape == (4, 32)
 
     assert _traced_peak(loader_and_eval) < 1 << 20
 
