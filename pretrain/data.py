@@ -13,6 +13,7 @@ into the batch buffer, so start-up time and memory are the same at 10B and at 3T
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import OrderedDict
@@ -48,13 +49,13 @@ class _Shards:
             if size < n * itemsize + _NPY_MIN_HEADER:  # exact sizes are checked when a shard is opened and read
                 raise DataError(f"{path}: {size:,} bytes cannot hold the {n:,} {dtype} tokens {manifest} lists")
         self._data_start = np.full(len(paths), -1, dtype=np.int64)  # byte offset of the tokens, once checked
-        self._files: OrderedDict[int, object] = OrderedDict()  # least recently used first
+        self._files: OrderedDict[int, io.FileIO] = OrderedDict()  # least recently used first
 
     @property
     def num_tokens(self) -> int:
         return int(self.offsets[-1])
 
-    def _file(self, s: int):
+    def _file(self, s: int) -> io.FileIO:
         f = self._files.pop(s, None)
         if f is None:
             if len(self._files) >= self.max_open:
@@ -65,7 +66,7 @@ class _Shards:
         self._files[s] = f
         return f
 
-    def _check_header(self, s: int, f) -> int:
+    def _check_header(self, s: int, f: io.FileIO) -> int:
         fmt = np.lib.format
         try:
             version = fmt.read_magic(f)

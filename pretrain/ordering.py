@@ -33,11 +33,14 @@ def _splitmix64(state: int) -> int:
     return z ^ (z >> 31)
 
 
+_U30, _U27, _U31, _UM1, _UM2 = (np.uint64(v) for v in (30, 27, 31, _M1, _M2))
+
+
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on a uint64 array (multiplication wraps modulo 2**64)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(_M1)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(_M2)
-    return x ^ (x >> np.uint64(31))
+    x = (x ^ (x >> _U30)) * _UM1
+    x = (x ^ (x >> _U27)) * _UM2
+    return x ^ (x >> _U31)
 
 
 class FeistelOrder:
@@ -51,7 +54,9 @@ class FeistelOrder:
             raise ValueError(f"an order needs n >= 0, got {n}")
         self.n = n
         bits = max(2, (n - 1).bit_length())  # 2**bits >= n; two halves of at least one bit
-        self._hi_bits, self._lo_bits = bits - bits // 2, bits // 2
+        hi, lo = bits - bits // 2, bits // 2
+        self._lo_shift, self._n = np.uint64(lo), np.uint64(n)
+        self._masks = [np.uint64((1 << w) - 1) for w in (hi, lo)]  # of the left half before round 0, 1, 0, 1…
         state = seed & _MASK64
         self._keys = []
         for _ in range(self.rounds):
@@ -60,22 +65,20 @@ class FeistelOrder:
 
     def _permute(self, x: np.ndarray) -> np.ndarray:
         """A bijection of [0, 2**bits): each round maps (L, R) to (R, L ^ F(R)), the widths trading places."""
-        wl, wr = self._hi_bits, self._lo_bits
-        left, right = x >> np.uint64(wr), x & np.uint64((1 << wr) - 1)
-        for key in self._keys:
-            left, right = right, left ^ (_mix64(right ^ key) & np.uint64((1 << wl) - 1))
-            wl, wr = wr, wl
-        return (left << np.uint64(wr)) | right  # an even number of rounds: the widths are back in place
+        left, right = x >> self._lo_shift, x & self._masks[1]
+        for i, key in enumerate(self._keys):
+            left, right = right, left ^ (_mix64(right ^ key) & self._masks[i % 2])
+        return (left << self._lo_shift) | right  # an even number of rounds: the widths are back in place
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         pos = np.asarray(positions, dtype=np.int64)
         if pos.size and (pos.min() < 0 or pos.max() >= self.n):
             raise IndexError(f"positions must lie in [0, {self.n})")
         out = self._permute(pos.astype(np.uint64))
-        outside = out >= np.uint64(self.n)
+        outside = out >= self._n
         while outside.any():  # cycle-walking: the cycle through an inside point returns inside
             out[outside] = self._permute(out[outside])
-            outside = out >= np.uint64(self.n)
+            outside = out >= self._n
         return out.astype(np.int64)
 
 
