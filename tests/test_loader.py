@@ -124,16 +124,23 @@ def test_many_small_shards_are_opened_lazily_and_a_bounded_number_at_once(tmp_pa
 
 def test_broken_shards_are_named(tmp_path):
     m = write_manifest(tmp_path / "short")
-    shard = m.parent / "train-00001.npy"
-    os.truncate(shard, shard.stat().st_size // 2)
-    with pytest.raises(DataError, match="train-00001.npy: .* cannot hold the 30,000 uint16 tokens"):
-        TokenData(m).num_tokens("train")  # found at start-up by its size
-    m = write_manifest(tmp_path / "a-little-short")
     os.truncate(m.parent / "train-00001.npy", (m.parent / "train-00001.npy").stat().st_size - 10)
     data = TokenData(m)
     data.sequences("train", np.arange(1_800), 32)
     with pytest.raises(DataError, match="train-00001.npy: file ends before its token 29,995"):
         data.sequences("train", np.array([1_874]), 32)  # found when its last tokens are read
+    m = write_manifest(tmp_path / "in-a-subdirectory")
+    (m.parent / "sub").mkdir()
+    man = json.loads(m.read_text())
+    for sh in man["splits"]["train"]["shards"]:
+        (m.parent / sh["path"]).rename(m.parent / "sub" / sh["path"])
+        sh["path"] = "sub/" + sh["path"]
+    m.write_text(json.dumps(man))
+    assert np.array_equal(TokenData(m).sequences("train", np.arange(1_875), 32).reshape(-1), _stream(m)[:60_000])
+    for sh in man["splits"]["train"]["shards"]:
+        (m.parent / sh["path"]).unlink()
+    with pytest.raises(DataError, match=r"shard .*sub/train-00000.npy is missing \(and 1 more\)"):
+        TokenData(m).num_tokens("train")
     m = write_manifest(tmp_path / "other-length")
     np.save(m.parent / "train-00001.npy", np.zeros(40_000, dtype=np.uint16))  # larger than listed: stat passes
     data = TokenData(m)

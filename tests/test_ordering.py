@@ -87,9 +87,10 @@ def _strip_order(ckpt):
     del state["loader"]["order"]
     (ckpt / "trainer.json").write_text(json.dumps(state))
     listing = json.loads((ckpt / ckpt_io.MANIFEST).read_text())
+    f = ckpt / "trainer.json"
     for entry in listing["files"]:
         if entry["path"] == "trainer.json":
-            entry["bytes"], entry["sha256"] = (ckpt / "trainer.json").stat().st_size, ckpt_io.sha256_file(ckpt / "trainer.json")
+            entry["bytes"], entry["sha256"] = f.stat().st_size, ckpt_io.sha256_file(f)
     (ckpt / ckpt_io.MANIFEST).write_text(json.dumps(listing))
 
 

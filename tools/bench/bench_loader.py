@@ -176,9 +176,9 @@ def scale(args) -> dict:
     out["goal_met"] = all(r["startup_s"] < 2 and r["rss_first_batch_mb"] < 500 for r in (lo, hi))
     print(f"loader on the {args.sizes[-1]:,}-token manifest: {rate:,.0f} tok/s (8 ranks x 64 x {SCALE_SEQ}, "
           "random reads over all shards)")
-    print(f"{args.sizes[0]:,} -> {args.sizes[-1]:,} tokens: start-up {lo['startup_s']:.2f} -> {hi['startup_s']:.2f} s, peak RSS at the first batch "
-          f"{lo['rss_first_batch_mb']:.0f} -> {hi['rss_first_batch_mb']:.0f} MB (after step 1: "
-          f"{lo['rss_first_step_mb']:.0f} -> {hi['rss_first_step_mb']:.0f} MB); goal < 2 s and < 500 MB: "
+    print(f"{args.sizes[0]:,} -> {args.sizes[-1]:,} tokens: start-up {lo['startup_s']:.2f} -> {hi['startup_s']:.2f} s, "
+          f"peak RSS at the first batch {lo['rss_first_batch_mb']:.0f} -> {hi['rss_first_batch_mb']:.0f} MB "
+          f"(after step 1: {lo['rss_first_step_mb']:.0f} -> {hi['rss_first_step_mb']:.0f} MB); goal < 2 s and < 500 MB: "
           f"{'met' if out['goal_met'] else 'NOT met'}")
     return out
 
