@@ -259,8 +259,7 @@ class OneEpochLoader:
         if state["fingerprint"] != self.data.fingerprint:
             raise DataError(
                 f"checkpoint was trained on data with fingerprint {state['fingerprint'][:16]}…, "
-                f"but {self.data.path} has fingerprint {self.data.fingerprint[:16]}…: refusing to resume on other "
-                "data"
+                f"but {self.data.path} has fingerprint {self.data.fingerprint[:16]}…: refusing to resume on other data"
             )
         for key, mine in (("seed", self.seed), ("seq_len", self.seq_len)):
             if state[key] != mine:
