@@ -88,7 +88,7 @@ def throughput(args) -> dict:
 # --------------------------------------------------------------------------- --scale
 
 
-def startup_child(manifest: str, run_dir: str, t_spawn: float) -> None:
+def startup_child(manifest: str, tokens: int, run_dir: str, t_spawn: float) -> None:
     """Runs in a fresh process: imports, Trainer(), fit() to the first step; prints one JSON line."""
     import resource
 
@@ -101,17 +101,15 @@ def startup_child(manifest: str, run_dir: str, t_spawn: float) -> None:
 
     t_libs, rss_libs, cpu_libs = time.time(), peak_mb(), time.process_time()
     from pretrain.config import from_dict
-    from pretrain.data import TokenData
     from pretrain.trainer import Trainer
 
     t_import = time.time()
-    epoch = TokenData(manifest).num_tokens("train")
     cfg = from_dict({  # configs/model/tiny.yaml, with room for sequences of 2048
         "run_dir": run_dir, "data": {"manifest": manifest, "seq_len": SCALE_SEQ},
         "model": {"family": "llama", "hidden_size": 128, "intermediate_size": 352, "num_layers": 2, "num_heads": 4,
                   "num_kv_heads": 2, "max_seq_len": SCALE_SEQ},
         "schedule": {"name": "wsd", "warmup_steps": 2000, "decay_fraction": 0.2},
-        "budget": {"tokens": int(epoch * 0.9), "global_batch_size": 1, "micro_batch_size": 1, "stop_at": 1},
+        "budget": {"tokens": int(tokens * 0.9), "global_batch_size": 1, "micro_batch_size": 1, "stop_at": 1},
         "checkpoint": {"every": 0, "save_final": False}, "eval": {"every": 0, "batches": 1},
         "logging": {"wandb_mode": "disabled", "progress": False},
     })
@@ -156,7 +154,8 @@ def scale(args) -> dict:
                   f"(manifest {manifest.stat().st_size / 1e6:.1f} MB)", flush=True)
             runs = []
             for r in range(args.repeats):
-                cmd = [sys.executable, __file__, "--startup-child", str(manifest), str(Path(d) / f"run-{tokens}-{r}")]
+                cmd = [sys.executable, __file__, "--startup-child", str(manifest), str(tokens),
+                       str(Path(d) / f"run-{tokens}-{r}")]
                 t_spawn = time.time()
                 p = subprocess.run(cmd + [repr(t_spawn)], env=env, cwd=ROOT, capture_output=True, text=True)
                 if p.returncode:
@@ -187,8 +186,8 @@ def scale(args) -> dict:
 
 
 def main() -> dict:
-    if len(sys.argv) == 5 and sys.argv[1] == "--startup-child":
-        startup_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--startup-child":
+        startup_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
         return {}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per loader throughput measurement")
