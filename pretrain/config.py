@@ -44,6 +44,7 @@ class DataConfig:
     seq_len: int = 256
     seed: int = 0
     ledger: bool = False  # record consumed sequence ids (tests / audits)
+    order: str = "feistel"  # feistel (computed per position) | permutation (O(N) per rank; runs started before feistel)
 
 
 @dataclass
@@ -385,6 +386,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"dist.precision: {cfg.dist.precision!r} is not one of auto, fp32, bf16")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not one of offline, online, disabled")
+    from pretrain.ordering import ORDERS  # noqa: PLC0415
+
+    if cfg.data.order not in ORDERS:
+        raise ConfigError(f"data.order: {cfg.data.order!r} is not one of {', '.join(ORDERS)}")
     from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
     from pretrain.budget import resolvable, total_steps_of  # noqa: PLC0415
 
