@@ -36,6 +36,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     attn_impl: str = "auto"  # auto | eager | sdpa | flash_attention_2
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (non-reentrant)
 
 
 @dataclass
@@ -118,12 +119,13 @@ class LoggingConfig:
 
 @dataclass
 class DistConfig:
-    engine: str = "auto"  # auto | accelerate | deepspeed
+    engine: str = "auto"  # auto | accelerate | deepspeed | fsdp2
     deepspeed_config: str = ""  # path to a DeepSpeed JSON (ZeRO stage etc.)
     backend: str = "auto"  # auto | gloo | nccl
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False
-    deterministic: bool = True
+    deterministic: bool | None = None  # null = on for CPU, off on CUDA (slower there); true is enforced
+    cpu_offload: bool = False  # fsdp2: shards, gradients and optimizer step in host memory
     gpu_peak_flops: float = 0.0  # per device, for MFU; 0 = look up by device name
 
 
@@ -368,8 +370,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
     if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
         raise ConfigError(f"budget.budgets must be strictly increasing, got {b.budgets}")
-    if cfg.dist.engine not in ("auto", "accelerate", "deepspeed"):
-        raise ConfigError(f"dist.engine: {cfg.dist.engine!r} is not one of auto, accelerate, deepspeed")
+    from pretrain.engines import validate_dist  # noqa: PLC0415  (engines know what they support)
+
+    validate_dist(cfg)
     if cfg.dist.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"dist.precision: {cfg.dist.precision!r} is not one of auto, fp32, bf16")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
