@@ -356,6 +356,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {v}")
     if m.family not in ("llama", "olmo2"):
         raise ConfigError(f"model.family: {m.family!r} is not one of llama, olmo2")
+    if m.attn_impl not in ("auto", "eager", "sdpa", "flash_attention_2"):
+        raise ConfigError(f"model.attn_impl: {m.attn_impl!r} is not one of auto, eager, sdpa, flash_attention_2")
     if m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if m.num_heads % m.num_kv_heads:

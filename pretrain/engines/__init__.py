@@ -41,6 +41,32 @@ def validate_dist(cfg: TrainConfig) -> None:
     if d.cpu_offload and engine != "fsdp2":
         raise ConfigError(f"dist.cpu_offload is an FSDP2 option; this run uses the {engine} engine "
                           "(for DeepSpeed, offload in its JSON: configs/deepspeed/zero2-offload.json)")
+    if engine == "deepspeed" and d.compile:
+        raise ConfigError("dist.compile is applied by the accelerate and fsdp2 engines, not by deepspeed")
+    if engine == "deepspeed" and cfg.model.activation_checkpointing and d.deepspeed_config:
+        own = _deepspeed_json(d.deepspeed_config).get("activation_checkpointing") or {}
+        if any(own.get(k) for k in DEEPSPEED_AC_KEYS):
+            raise ConfigError(
+                f"model.activation_checkpointing with {d.deepspeed_config}, whose activation_checkpointing section "
+                f"sets {', '.join(k for k in DEEPSPEED_AC_KEYS if own.get(k))}: DeepSpeed applies those only to "
+                "layers run through deepspeed.checkpointing, and the HF layers here are checkpointed by torch "
+                "(non-reentrant), so they would silently do nothing; remove that section from the JSON")
+
+
+# DeepSpeed's own activation checkpointing (deepspeed.checkpointing), configured in its JSON
+DEEPSPEED_AC_KEYS = ("partition_activations", "cpu_checkpointing", "contiguous_memory_optimization",
+                     "synchronize_checkpoint_boundary", "number_checkpoints")
+
+
+def _deepspeed_json(path: str) -> dict:
+    import json
+
+    try:
+        return json.loads(open(path).read())
+    except FileNotFoundError:
+        raise ConfigError(f"dist.deepspeed_config: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"dist.deepspeed_config: {path} is not valid JSON ({e})") from None
 
 
 def make_engine(cfg: TrainConfig, model_fn, accum_steps: int):

@@ -65,19 +65,21 @@ def _dcp_load(state: dict, path: Path) -> None:
         dcp.load(state, checkpoint_id=str(path), no_dist=True)
 
 
-def read_dcp_model(path: Path) -> dict[str, torch.Tensor]:
-    """Consolidate the model part of a DCP checkpoint into full CPU tensors (one process, no group)."""
+def read_dcp(path: Path, part: str = "model") -> dict[str, torch.Tensor]:
+    """Consolidate the tensors of one part (``model`` or ``optim``) of a DCP checkpoint into full CPU
+    tensors, keyed by their flattened names below it (one process, no group needed)."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    model = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
-             for k, m in meta.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
-    if not model:
-        raise CheckpointError(f"{path} holds no model weights")
-    state = {"model": model}
+    prefix = part + "."
+    tensors = {k[len(prefix):]: torch.empty(m.size, dtype=m.properties.dtype)
+               for k, m in meta.items() if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no {part} state")
+    state = {part: tensors}
     _dcp_load(state, path)
-    return state["model"]
+    return state[part]
 
 
 def read_full(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -86,7 +88,7 @@ def read_full(ckpt: Path) -> dict[str, torch.Tensor]:
     if (ckpt / MODEL_FILE).is_file():
         return load_file(str(ckpt / MODEL_FILE))
     if (ckpt / DCP_DIR / ".metadata").is_file():
-        return read_dcp_model(ckpt / DCP_DIR)
+        return read_dcp(ckpt / DCP_DIR)
     raise CheckpointError(f"checkpoint {ckpt} holds no model weights ({MODEL_FILE} or {DCP_DIR}/)")
 
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -67,8 +69,6 @@ def run_setup(args) -> dict | None:
     model = MODELS.get(args.model, args.model)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "bench.yaml"
-        import yaml
-
         cfg_path.write_text(yaml.safe_dump({
             "run_dir": str(Path(args.run_dir or tmp) / args.setup), "model": model,
             "data": {"manifest": str(Path(args.data) / "manifest.json"), "seq_len": args.seq},
@@ -81,6 +81,7 @@ def run_setup(args) -> dict | None:
         cfg = load_config(cfg_path, [f"model.max_seq_len={max(args.seq, 2)}", *SETUPS[args.setup], *args.overrides])
         trainer = Trainer(cfg)
         trainer.fit()
+        trainer.engine.close()
         engine = trainer.engine
         peak = torch.tensor([peak_memory_gib(engine.device)], device=engine.device)
         if dist.is_initialized():
@@ -99,12 +100,21 @@ def run_setup(args) -> dict | None:
                 "peak_memory_gib": float(peak[0])}
 
 
-def table(rows: list[dict]) -> str:
-    first = rows[0]
+def table(paths: list[Path]) -> str:
+    """Markdown table of results; a setup whose JSON is missing (its run failed) gets a row saying so."""
+    rows = [json.loads(p.read_text()) if p.is_file() else {"setup": p.stem} for p in paths]
+    done = [r for r in rows if "params" in r]
+    if not done:
+        return "no setup finished"
+    first = done[0]
     lines = [f"{first['model']} ({first['params']:,} parameters), sequence {first['seq_len']}, micro-batch "
-             f"{first['micro_batch']} per device, {first['precision']}, {first['world_size']} x {first['device']}",
-             "", "| setup | tokens/s per device | step time (s) | MFU | peak memory (GiB) |", "|---|---|---|---|---|"]
+             f"{first['micro_batch']} per device, {first['precision']}, {first['world_size']} x {first['device']}, "
+             f"median of {first['measured_steps']} measured steps", "",
+             "| setup | tokens/s per device | step time (s) | MFU | peak memory (GiB) |", "|---|---|---|---|---|"]
     for r in rows:
+        if "params" not in r:
+            lines.append(f"| {r['setup']} | failed (see its log) | | | |")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(f"| {r['setup']} | {r['tokens_per_s_per_device']:,.0f} | {r['step_time_s']:.3f} | {mfu} | "
                      f"{r['peak_memory_gib']:.2f} |")
@@ -132,11 +142,16 @@ def main() -> None:
         print(make_data(Path(args.make_data), args.vocab, args.tokens))
         return
     if args.table:
-        print(table([json.loads(Path(f).read_text()) for f in args.table]))
+        print(table([Path(f) for f in args.table]))
         return
     if not (args.setup and args.data):
         p.error("--setup and --data are needed to run a setup")
-    result = run_setup(args)
+    from pretrain.engines.base import shutdown_distributed
+
+    try:
+        result = run_setup(args)
+    finally:
+        shutdown_distributed()
     if result is not None:
         print(json.dumps(result), flush=True)
         if args.json:
