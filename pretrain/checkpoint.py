@@ -4,8 +4,9 @@ Layout of ``RUN/checkpoints/step-NNNNNNNN/``: the engine's model and optimizer f
 ``model.safetensors`` + optimizer state, or FSDP2's per-rank ``dcp/`` shards; see
 ``pretrain/engines/weights.py``), ``trainer.json`` (step, loader state, budget, engine),
 ``rng/rank-NNNNN.pt`` and ``config.yaml``, all listed with sizes, sha256 and the rank that wrote
-them in ``checkpoint.json``, which is written last. The directory is built under a temporary name and renamed; ``latest`` is updated after the
-rename. A directory without a matching ``checkpoint.json`` is never loaded.
+them in ``checkpoint.json``, which is written last. The directory is built under a temporary name
+and renamed; ``latest`` is updated after the rename. A directory without a matching
+``checkpoint.json`` is never loaded.
 """
 from __future__ import annotations
 

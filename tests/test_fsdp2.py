@@ -95,3 +95,16 @@ def test_engines_refuse_each_others_optimizer_state_and_share_weights(tmp_path, 
           "init.load_optimizer=false", "budget.steps=8"])
     back = read_full(tmp_path / "f" / "checkpoints" / "step-00000008")
     assert all(torch.equal(back[k], want[k]) for k in want)
+
+
+def test_deepspeed_takes_the_weights_of_a_sharded_checkpoint(tmp_path, fsdp2_run, fixture_tokens):
+    """ZeRO keeps fp32 master weights apart from the module: a weights-only start must reach them too
+    (lr 0: the step copies the masters back into the module, so stale masters would show)."""
+    sharded = fsdp2_run / "checkpoints" / "step-00000006"
+    path = write_config(tmp_path / "ds.yaml", base_config(
+        fixture_tokens, tmp_path / "ds", budget={"steps": 7}, schedule=WSD, data={"seq_len": 64}, optim={"lr": 0.0},
+        eval={"every": 0, "batches": 1}, init={"checkpoint": str(sharded), "load_optimizer": False},
+        dist={"engine": "deepspeed", "deepspeed_config": str(ROOT / "configs/deepspeed/zero2.json")}))
+    _run([sys.executable, "-m", "pretrain", "train", str(path)])
+    got, want = read_full(tmp_path / "ds" / "checkpoints" / "step-00000007"), read_full(sharded)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -111,5 +111,7 @@ class DeepSpeedEngine(Engine):
 
     def close(self) -> None:
         """Release DeepSpeed's hooks and buffers: they reference the engine (and through it its process
-        groups) from autograd, where Python's collector cannot reach, so nothing else would free them."""
+        groups) from autograd, where Python's collector cannot reach, so nothing else would free them.
+        Enough under ZeRO-1/2; under ZeRO-3 (DeepSpeed 0.19) the partitioned parameters still keep the
+        engine, and its groups, alive until the process exits."""
         self.model.destroy()

@@ -50,9 +50,9 @@ class FSDP2Engine(Engine):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+        self.device = local_device()  # before the group: NCCL binds to the current device
         init_process_group(resolve_backend(cfg))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.device = local_device()
         self.precision = resolve_precision(cfg)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         # Built whole on the host, then each rank keeps (and moves to its device) only its shards.

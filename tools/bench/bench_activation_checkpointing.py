@@ -1,15 +1,16 @@
 """Peak memory and step time with and without activation checkpointing, ~50M-parameter Llama, CPU.
 
 Each setup runs in a process of its own (peak resident memory is per process), through the real
-trainer (tools/bench/bench_engines.py, DDP engine, one process), in alternating rounds so that
-machine load hits both alike; the ratios are per round.
+trainer (tools/bench/bench_engines.py, DDP engine, one process, one thread), in rounds that
+alternate the order (ABBA) so that drifting machine load hits both alike; the ratios are per round.
 
-    python tools/bench/bench_activation_checkpointing.py [--seq 1024] [--steps 3] [--rounds 2] [--json out.json]
+    python tools/bench/bench_activation_checkpointing.py [--seq 1024] [--steps 4] [--rounds 4] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ BENCH = ROOT / "tools" / "bench" / "bench_engines.py"
 def run(setup: str, data: Path, args, out: Path) -> dict:
     cmd = [sys.executable, str(BENCH), "--setup", setup, "--data", str(data), "--model", "50m", "--seq", str(args.seq),
            "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", "1", "--json", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.read_text())
 
 
@@ -31,8 +32,8 @@ def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=2)
-    p.add_argument("--steps", type=int, default=3, help="measured steps per run (after 1 warm-up step)")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="measured steps per run (after 1 warm-up step)")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     rows = []
@@ -42,7 +43,9 @@ def main() -> dict:
         subprocess.run([sys.executable, str(BENCH), "--make-data", str(data), "--vocab", "32000", "--tokens",
                         str((args.steps + 3) * args.micro_batch * args.seq)], check=True, stdout=subprocess.DEVNULL)
         for r in range(args.rounds):
-            off, on = (run(s, data, args, tmp / f"{s}-{r}.json") for s in ("ddp", "ddp+ac"))
+            order = ("ddp", "ddp+ac") if r % 2 == 0 else ("ddp+ac", "ddp")  # ABBA: drifting load hits both alike
+            got = {s: run(s, data, args, tmp / f"{s}-{r}.json") for s in order}
+            off, on = got["ddp"], got["ddp+ac"]
             rows.append({"round": r, "off": off, "on": on, "memory_ratio": on["peak_memory_gib"] / off["peak_memory_gib"],
                          "time_ratio": on["step_time_s"] / off["step_time_s"]})
             print(f"round {r}: peak {off['peak_memory_gib']:.2f} -> {on['peak_memory_gib']:.2f} GiB, step "
