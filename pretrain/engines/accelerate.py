@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.config import TrainConfig
-from pretrain.engines.base import PG_TIMEOUT, Engine, clip_grad_norm, make_optimizer, resolve_backend, \
+from pretrain.engines.base import PG_TIMEOUT, Engine, make_optimizer, resolve_backend, \
     resolve_precision, world_info
 from pretrain.engines.weights import MODEL_FILE, OPTIM_FILE, load_into, save_safetensors
 
@@ -61,12 +61,6 @@ class AccelerateEngine(Engine):
             loss = self.model(input_ids=tokens, labels=tokens).loss
             self.accelerator.backward(loss * scale)
         return loss.detach()
-
-    def optimizer_step(self) -> float:
-        norm = clip_grad_norm(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
 
     def save(self, tmp: Path) -> list[str]:
         """Model and optimizer are replicated under DDP: rank 0 writes both."""

@@ -133,6 +133,7 @@ class Engine:
     precision: str
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    grad_clip: float
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -145,7 +146,10 @@ class Engine:
 
     def optimizer_step(self) -> float:
         """Clip, step, zero; returns the pre-clip global gradient norm."""
-        raise NotImplementedError
+        norm = clip_grad_norm(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def save(self, tmp: Path) -> list[str]:
         """Write this rank's part of the model and optimizer state under ``tmp`` (every rank calls it).

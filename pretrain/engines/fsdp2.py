@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.config import TrainConfig
-from pretrain.engines.base import PG_TIMEOUT, Engine, clip_grad_norm, local_device, make_optimizer, \
+from pretrain.engines.base import PG_TIMEOUT, Engine, local_device, make_optimizer, \
     resolve_backend, resolve_precision, world_info
 from pretrain.engines.weights import DCP_DIR, with_tied_head
 
@@ -76,12 +76,6 @@ class FSDP2Engine(Engine):
         loss = self.model(input_ids=tokens, labels=tokens).loss
         (loss * scale).backward()
         return loss.detach()
-
-    def optimizer_step(self) -> float:
-        norm = clip_grad_norm(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
 
     def _state(self, optimizer: bool) -> dict:
         """Sharded state dicts keyed by parameter name: the same keys whatever the number of ranks."""
