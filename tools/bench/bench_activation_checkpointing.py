@@ -3,8 +3,12 @@
 Each setup runs in a process of its own (peak resident memory is per process), through the real
 trainer (tools/bench/bench_engines.py, DDP engine, one process, one thread), in rounds that
 alternate the order (ABBA) so that drifting machine load hits both alike; the ratios are per round.
+Step time comes from runs with the default allocator. Peak memory comes from separate short runs
+with glibc's mmap threshold at 64 KiB: every large tensor then goes back to the system when freed,
+so the peak resident size follows the live tensors instead of the allocator's high-water marks
+(which made it vary by 20% between identical runs).
 
-    python tools/bench/bench_activation_checkpointing.py [--seq 1024] [--steps 4] [--rounds 4] [--json out.json]
+    python tools/bench/bench_activation_checkpointing.py [--seq 1024] [--steps 4] [--rounds 2] [--json out.json]
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "tools" / "bench" / "bench_engines.py"
 
 
-def run(setup: str, data: Path, args, out: Path) -> dict:
+def run(setup: str, data: Path, args, out: Path, memory: bool) -> dict:
+    steps = 2 if memory else args.steps
     cmd = [sys.executable, str(BENCH), "--setup", setup, "--data", str(data), "--model", "50m", "--seq", str(args.seq),
-           "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", "1", "--json", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+           "--micro-batch", str(args.micro_batch), "--steps", str(steps), "--warmup", "1", "--json", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"MALLOC_MMAP_THRESHOLD_": "65536"} if memory else {})
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
     return json.loads(out.read_text())
 
 
@@ -33,7 +39,7 @@ def main() -> dict:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=4, help="measured steps per run (after 1 warm-up step)")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     rows = []
@@ -44,8 +50,9 @@ def main() -> dict:
                         str((args.steps + 3) * args.micro_batch * args.seq)], check=True, stdout=subprocess.DEVNULL)
         for r in range(args.rounds):
             order = ("ddp", "ddp+ac") if r % 2 == 0 else ("ddp+ac", "ddp")  # ABBA: drifting load hits both alike
-            got = {s: run(s, data, args, tmp / f"{s}-{r}.json") for s in order}
-            off, on = got["ddp"], got["ddp+ac"]
+            timed = {s: run(s, data, args, tmp / f"{s}-{r}.json", memory=False) for s in order}
+            peaks = {s: run(s, data, args, tmp / f"{s}-{r}-mem.json", memory=True)["peak_memory_gib"] for s in order}
+            off, on = ({**timed[s], "peak_memory_gib": peaks[s]} for s in ("ddp", "ddp+ac"))
             rows.append({"round": r, "off": off, "on": on, "memory_ratio": on["peak_memory_gib"] / off["peak_memory_gib"],
                          "time_ratio": on["step_time_s"] / off["step_time_s"]})
             print(f"round {r}: peak {off['peak_memory_gib']:.2f} -> {on['peak_memory_gib']:.2f} GiB, step "
