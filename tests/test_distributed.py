@@ -120,7 +120,7 @@ def test_fsdp2_checkpoint_is_sharded_and_listed_by_writer(fsdp2_runs):
     """Each rank wrote its own shard (no rank gathered the full state); checkpoint.json names the writer."""
     ckpt = fsdp2_runs[2] / "checkpoints" / "step-00000008"
     listing = {f["path"]: f["rank"] for f in json.loads((ckpt / "checkpoint.json").read_text())["files"]}
-    assert listing["dcp/__0_0.distcp"] == 0 and listing["dcp/__1_0.distcp"] == 1 and listing["rng/rank-00000.pt"] == 0
+    assert listing["dcp/__0_0.distcp"] == 0 and listing["dcp/__1_0.distcp"] == 1 and listing["rng/rank-00001.pt"] == 1
     assert "model.safetensors" not in listing and "optimizer.pt" not in listing
     # each shard holds about half of what the one-process run's single shard holds
     full = (fsdp2_runs[1] / "checkpoints" / "step-00000008" / "dcp" / "__0_0.distcp").stat().st_size
