@@ -1,12 +1,23 @@
-"""`pretrain` command line: a thin shell over the Python API (one function per subcommand)."""
+"""`pretrain` command line: a thin shell over the Python API (one function per subcommand).
+
+Exit status: 0 done; 2 an expected failure, reported in one line ``pretrain: error: …`` (bad
+config, data or checkpoint, a refused resume, a non-finite loss); 75 stopped by SIGTERM/SIGUSR1
+after saving a checkpoint (run again with ``checkpoint.resume=auto``); 1 a bug (traceback).
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.config import ConfigError
 from pretrain.data import DataError
+from pretrain.guard import PREEMPTED_EXIT, NonFiniteError, Preempted
+
+EXPECTED_FAILURE_EXIT = 2
 
 
 def _print_budget(cfg) -> None:
@@ -171,16 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def report(line: str) -> None:
+    """One line for the user: rank 0 prints it (every rank fails alike, or after agreeing). Under torchrun
+    every rank also leaves it in the error file torchrun names, so torchrun's summary shows it as the
+    root cause instead of a pointer to its docs; elsewhere other ranks print it with their rank."""
+    line = " ".join(part.strip() for part in line.splitlines())
+    rank, error_file = int(os.environ.get("RANK", "0")), os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w") as f:
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
+    if rank == 0:
+        print(line, file=sys.stderr, flush=True)
+    elif not error_file:
+        print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"pretrain: config error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 2
+    except Preempted as e:
+        report(f"pretrain: {e}")
+        return PREEMPTED_EXIT
+    except (ConfigError, DataError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+        report(f"pretrain: error: {e}")
+        return EXPECTED_FAILURE_EXIT
     finally:
         if "pretrain.engines.base" in sys.modules:  # only a command that trained can hold process groups
             from pretrain.engines.base import shutdown_distributed

@@ -37,6 +37,7 @@ class ModelConfig:
     init_std: float = 0.02
     attn_impl: str = "auto"  # auto | eager | sdpa | flash_attention_2
     activation_checkpointing: bool = False  # recompute each decoder layer in backward (non-reentrant)
+    attention_dropout: float = 0.0  # HF's attention dropout (training only); draws from the RNG every step
 
 
 @dataclass
@@ -56,6 +57,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     decay_norm_and_bias: bool = False
     grad_clip: float = 1.0  # <= 0 disables clipping
+    skip_nonfinite: bool = False  # a step with a non-finite loss or gradient norm: skip it (counted) instead of stopping
 
 
 @dataclass
@@ -111,6 +113,8 @@ class CheckpointConfig:
     at_steps: list[int] = field(default_factory=list)  # also save here and never prune (branch points)
     resume: str = "none"  # none | auto | PATH
     save_final: bool = True
+    every_minutes: float = 0.0  # also save when this many minutes passed since the last save (0 = off)
+    allow_schedule_change: bool = False  # let a resume change the schedule or budget (a branch is the usual way)
 
 
 @dataclass
@@ -120,6 +124,7 @@ class InitConfig:
     checkpoint: str = ""
     load_optimizer: bool = True
     load_data_state: bool = True
+    allow_repeat_data: bool = False  # load_data_state=false on the checkpoint's own data: repeat its tokens on purpose
 
 
 @dataclass
@@ -370,9 +375,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.lr must be >= 0, got {cfg.optim.lr}")
     for key, v in (("eval.every", cfg.eval.every), ("eval.batches", cfg.eval.batches),
                    ("checkpoint.every", cfg.checkpoint.every), ("checkpoint.keep_last", cfg.checkpoint.keep_last),
+                   ("checkpoint.every_minutes", cfg.checkpoint.every_minutes),
                    ("model.vocab_size", m.vocab_size)):
         if v < 0:
             raise ConfigError(f"{key} must be >= 0, got {v}")
+    if not 0 <= m.attention_dropout < 1:
+        raise ConfigError(f"model.attention_dropout must be in [0, 1), got {m.attention_dropout}")
     if m.family not in ("llama", "olmo2"):
         raise ConfigError(f"model.family: {m.family!r} is not one of llama, olmo2")
     if m.attn_impl not in ("auto", "eager", "sdpa", "flash_attention_2"):

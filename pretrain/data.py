@@ -296,7 +296,9 @@ class OneEpochLoader:
         """The next optimizer step's micro-batches for this rank (``accum_steps`` tensors)."""
         start = self.sequences_consumed
         if start + self.global_batch_size > self.num_sequences:
-            raise DataError(f"one epoch exhausted after {start} sequences; the loader never wraps")
+            raise DataError(f"step {start // self.global_batch_size + 1}: one epoch of {self.data.path} is exhausted after "
+                            f"{start:,} of its {self.num_sequences:,} sequences and the loader never repeats data; "
+                            "lower the budget, or add data and start a new run")
         per_rank = self.global_batch_size // self.world_size
         lo = start + self.rank * per_rank
         ids = self.order(np.arange(lo, lo + per_rank))

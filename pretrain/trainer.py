@@ -2,7 +2,9 @@
 
 Resume and branching share one path: load a checkpoint (weights, optimizer, loader position,
 RNG) and continue at its step. Resume continues the same run directory; ``init.checkpoint``
-starts a new run directory from another run's checkpoint (a branch).
+starts a new run directory from another run's checkpoint (a branch). What either may change is
+checked first (``pretrain.resume``). Each step ends in one agreement of all ranks, before the step
+is applied (``pretrain.guard``): non-finite values, stop signals, time-based checkpoints.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import numpy as np
 import torch
 
 from pretrain import checkpoint as ckpt_io
+from pretrain import guard, resume
 from pretrain.budget import total_steps_of
 from pretrain.config import ConfigError, TrainConfig, save_config, to_dict
 from pretrain.data import DataError, OneEpochLoader, TokenData, eval_batches
 from pretrain.engines import make_engine
-from pretrain.engines.base import world_info
+from pretrain.engines.base import group_hyperparameters, world_info
 from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
 from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
 from pretrain.schedules import lr_multiplier
@@ -134,8 +137,10 @@ class Trainer:
                                      world_size=self.world_size, seed=cfg.data.seed, order=cfg.data.order,
                                      ledger_path=ledger)
         self.step = 0
+        self.skipped_steps = 0  # steps whose non-finite values were dropped (optim.skip_nonfinite)
         self.last_eval_step = -1
         self.last_ckpt_step = -1
+        self._last_save_time = time.monotonic()
         self.final_val_loss = float("nan")
         model = self.engine.unwrapped
         self.n_params = count_params(model)
@@ -147,75 +152,137 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def _source(self) -> tuple[Path | None, bool]:
+        """The checkpoint to continue from (verified) and whether it is a resume of this run."""
+        cfg = self.cfg
+        if cfg.checkpoint.resume == "auto":
+            src = self._newest_verified()
+            if src is not None:
+                return src, True
+        elif cfg.checkpoint.resume not in ("", "none"):
+            return self._verified(ckpt_io.resolve(cfg.checkpoint.resume)), True
+        else:
+            existing = sorted(self.ckpt_root.glob(f"{ckpt_io.CKPT_PREFIX}*")) if self.ckpt_root.is_dir() else []
+            if existing:
+                raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing[-1].name}); continue it with "
+                                  "checkpoint.resume=auto or start in a new run_dir")
+        if cfg.init.checkpoint:
+            return self._verified(ckpt_io.resolve(cfg.init.checkpoint)), False
+        return None, False
+
     def _restore(self) -> None:
         cfg = self.cfg
-        src, is_resume = None, False
-        if cfg.checkpoint.resume == "auto":
-            src, is_resume = ckpt_io.latest(self.ckpt_root), True
-        elif cfg.checkpoint.resume not in ("", "none"):
-            src, is_resume = ckpt_io.resolve(cfg.checkpoint.resume), True
-        if src is None and cfg.init.checkpoint:
-            src = ckpt_io.resolve(cfg.init.checkpoint)
+        src, is_resume = self._source()
         if src is None:
-            if cfg.checkpoint.resume != "auto":
-                existing = sorted(self.ckpt_root.glob(f"{ckpt_io.CKPT_PREFIX}*")) if self.ckpt_root.is_dir() else []
-                if existing:
-                    raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing[-1].name}); continue it with "
-                                      "checkpoint.resume=auto or start in a new run_dir")
             return
-        self._verify(src)
         state = ckpt_io.read_trainer_state(src)
         load_opt = True if is_resume else cfg.init.load_optimizer
         load_data = True if is_resume else cfg.init.load_data_state
-        self.engine.load(src, load_optimizer=load_opt)
-        if load_data:
+        # every refusal comes before anything is loaded
+        if int(state["step"]) > self.total_steps:
+            raise ConfigError(f"checkpoint {src} is at step {state['step']}, past this run's budget of {self.total_steps} steps")
+        if load_data:  # checks the data, order and position first (sets only the loader's counter)
             self.loader.load_state(state["loader"])
+        notes = []
+        if is_resume:
+            notes.append(resume.check_schedule(cfg, state, self.total_steps, src))
+        if load_opt:
+            resume.check_world_size(self.engine.name, state, self.world_size, src)
+        if not load_data:
+            resume.check_data_state(cfg, state, self.data.fingerprint, src)
+        self.engine.load(src, load_optimizer=load_opt)
+        if load_opt:
+            changed = resume.apply_hyperparameters(self.engine.optimizer_groups, group_hyperparameters(cfg))
+            if changed:
+                notes.append("optimizer hyper-parameters differ from the checkpoint's; using the configured ones: "
+                             + "; ".join(changed))
         self.step = int(state["step"])
-        if self.step > self.total_steps:
-            raise ConfigError(f"checkpoint {src} is at step {self.step}, past this run's budget of {self.total_steps} steps")
-        if state.get("world_size") == self.world_size:
-            ckpt_io.load_rng(src, self.rank)
+        self.skipped_steps = int(state.get("skipped_steps", 0)) if is_resume else 0
+        saved_world = int(state.get("world_size", self.world_size))
+        ckpt_io.load_rng(src, self.rank, saved_world)
+        if saved_world != self.world_size:
+            notes.append(f"world size {saved_world} -> {self.world_size}: rank r continues the random state of rank "
+                         f"r mod {saved_world}")
         if is_resume:
             self.last_ckpt_step = self.step
             if any(r["step"] == self.step for r in read_metrics(self.run_dir / "metrics.jsonl", "eval")):
                 self.last_eval_step = self.step
         self.loader.truncate_ledger(self.step)
         if self.is_main:
+            for note in filter(None, notes):
+                print(f"pretrain: {note}", flush=True)
             print(f"{'resumed' if is_resume else 'initialised'} from {src} at step {self.step}", flush=True)
 
-    def _verify(self, src: Path) -> None:
-        """Rank 0 hashes the checkpoint once; every rank learns the verdict."""
-        error = None
+    def _problem(self, src: Path) -> str | None:
+        """Verify ``src`` with every rank checking its share of the files; the first problem, agreed by all."""
+        try:
+            info = ckpt_io.read_listing(src)
+            found = ckpt_io.problems(src, ckpt_io.share(info["files"], self.rank, self.world_size))
+        except ckpt_io.CheckpointError as e:
+            found = [str(e)]
+        return next((p for part in self.engine.gather(found) for p in part), None)
+
+    def _verified(self, src: Path) -> Path:
+        problem = self._problem(src)
+        if problem is not None:
+            raise ckpt_io.CheckpointError(problem)
+        return src
+
+    def _newest_verified(self) -> Path | None:
+        """``resume=auto``: the newest checkpoint that verifies, naming every newer one skipped and why."""
+        candidates, skipped = ckpt_io.resume_candidates(self.ckpt_root)
+        found = None
+        for src in candidates:
+            problem = self._problem(src)
+            if problem is None:
+                found = src
+                break
+            skipped.append(problem)
+        if skipped and found is None:
+            raise ckpt_io.CheckpointError(
+                f"no checkpoint in {self.ckpt_root} verifies ({'; '.join(skipped)}); resume from a good copy with "
+                "checkpoint.resume=PATH, or start over in a new run_dir")
         if self.is_main:
-            try:
-                ckpt_io.verify(src)
-            except ckpt_io.CheckpointError as e:
-                error = e
-        failed = self.engine.sum(torch.tensor([0.0 if error is None else 1.0]))
-        if float(failed[0]) > 0:
-            raise error or ckpt_io.CheckpointError(f"checkpoint {src} failed verification on rank 0")
+            for problem in skipped:
+                print(f"pretrain: resume=auto skips a checkpoint: {problem}", flush=True)
+        return found
 
     def save_checkpoint(self) -> Path:
+        """Every rank writes and hashes its own files; rank 0 writes the listing last, renames, moves ``latest``.
+
+        Weights that are not finite on any rank are never written: the run stops instead.
+        """
+        bad = int(self.engine.sum(torch.tensor([0.0 if self.engine.weights_finite() else 1.0]))[0])
+        if bad:
+            raise guard.NonFiniteError(
+                f"the weights at step {self.step} are not finite on {bad} rank(s); no checkpoint was written (the last "
+                f"is {self._last_checkpoint()}). Lower optim.lr or raise schedule.warmup_steps, and resume from it")
         tmp = self.ckpt_root / f".tmp-{ckpt_io.step_dir_name(self.step)}"
         if self.is_main:
             ckpt_io.begin(self.ckpt_root, self.step)
         self.engine.barrier()
         written = self.engine.save(tmp) + [ckpt_io.write_rng(tmp, self.rank)]
-        writers = self.engine.gather(written)
         if self.is_main:
             state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
+                     "global_batch_size": self.cfg.budget.global_batch_size, "skipped_steps": self.skipped_steps,
                      "loader": self.loader.state().to_dict(), "engine": self.engine.name,
                      "schedule": to_dict(self.cfg.schedule), "lr_mult": self._mult(max(self.step - 1, 0))}
             (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
             save_config(self.cfg, tmp / "config.yaml")
-        self.engine.barrier()
+            written += ["trainer.json", "config.yaml"]
+        listing = self.engine.gather(ckpt_io.hash_files(tmp, written, self.rank))
         final = self.ckpt_root / ckpt_io.step_dir_name(self.step)
         if self.is_main:
             ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last,
-                             tuple(self.cfg.checkpoint.at_steps), writers=writers)
-        self.engine.barrier()
+                             tuple(self.cfg.checkpoint.at_steps), listing=[e for part in listing for e in part])
+        self.engine.barrier()  # nobody leaves (or exits on a signal) before the checkpoint is in place
         self.last_ckpt_step = self.step
+        self._last_save_time = time.monotonic()
         return final
+
+    def _last_checkpoint(self) -> str:
+        pointer = self.ckpt_root / "latest"
+        return str(self.ckpt_root / pointer.read_text().strip()) if pointer.is_file() else "none"
 
     # ------------------------------------------------------------------ loop
 
@@ -245,6 +312,57 @@ class Trainer:
                   "val_loss": self.final_val_loss})
         return self.final_val_loss
 
+    def _save_due(self) -> bool:
+        minutes = self.cfg.checkpoint.every_minutes
+        return minutes > 0 and time.monotonic() - self._last_save_time >= 60 * minutes
+
+    def _train_step(self, stops: guard.StopSignals) -> guard.Verdict:
+        """Forward and backward over this rank's micro-batches, the ranks' agreement, then the optimizer step
+        (or, for non-finite values, no step: stop, or skip and count it)."""
+        t0 = time.perf_counter()
+        mult = self._mult(self.step)
+        lr = self.cfg.optim.lr * mult
+        self.engine.set_lr(lr)
+        micro_batches = self.loader.next_batch()
+        losses = [self.engine.forward_backward(mb, 1.0 / self.accum_steps, sync=(i == self.accum_steps - 1))
+                  for i, mb in enumerate(micro_batches)]
+        local = torch.stack(losses).mean()
+        norm = self.engine.grad_norm()
+        verdict = guard.agree(self.engine, local, norm, stops.received, self._save_due())
+        problem = guard.where_nonfinite(self.engine, local, norm) if verdict.nonfinite else None
+        if problem is None:
+            norm = self.engine.optimizer_step(norm)
+            if not math.isfinite(norm):  # DeepSpeed checks the norm inside its step, and did not apply this one
+                problem = f"non-finite gradient norm ({norm}), found by DeepSpeed before its step"
+        elif self.cfg.optim.skip_nonfinite:
+            self.engine.skip_step()
+        self.step += 1
+        if problem is not None:
+            self._nonfinite(problem)
+        dt = time.perf_counter() - t0
+        tok_s = self.loader.tokens_per_step / dt
+        record = {"type": "train", "step": self.step, "tokens": self.loader.state().tokens_consumed,
+                  "loss": verdict.loss, "lr": lr, "lr_mult": mult, "grad_norm": norm, "tokens_per_s": tok_s, "time": dt}
+        if self.peak_flops:
+            record["mfu"] = tok_s * self.flops_per_token / self.peak_flops
+        if problem is not None:
+            record["skipped"] = True
+        if self.step % self.cfg.logging.log_every == 0 or self.step == self.stop_step or problem is not None:
+            self.log(record)
+        return verdict
+
+    def _nonfinite(self, problem: str) -> None:
+        """Stop (the default) or count the skipped step; either way nothing non-finite was applied."""
+        if not self.cfg.optim.skip_nonfinite:
+            raise guard.NonFiniteError(
+                f"step {self.step}: {problem}; the step was not applied and nothing was saved after it (the last "
+                f"checkpoint is {self._last_checkpoint()}). Lower optim.lr or raise schedule.warmup_steps, or skip "
+                "such steps with optim.skip_nonfinite=true (then resume with checkpoint.resume=auto)")
+        self.skipped_steps += 1
+        if self.is_main:
+            print(f"pretrain: step {self.step}: {problem}; step skipped ({self.skipped_steps} so far, "
+                  "optim.skip_nonfinite)", flush=True)
+
     def log(self, record: dict) -> None:
         if self.logger is not None:
             self.logger.log(record)
@@ -271,40 +389,31 @@ class Trainer:
                                     progress=cfg.logging.progress)
         callbacks: list[Callback] = [Evaluate(cfg.eval.every), Checkpoint(cfg.checkpoint.every, cfg.checkpoint.save_final,
                                                                      tuple(cfg.checkpoint.at_steps))]
-        peak_lr, accum = cfg.optim.lr, self.accum_steps
         try:
-            while self.step < self.stop_step:
-                t0 = time.perf_counter()
-                mult = self._mult(self.step)
-                self.engine.set_lr(peak_lr * mult)
-                micro_batches = self.loader.next_batch()
-                losses = [self.engine.forward_backward(mb, 1.0 / accum, sync=(i == accum - 1))
-                          for i, mb in enumerate(micro_batches)]
-                grad_norm = self.engine.optimizer_step()
-                self.step += 1
-                loss = self.engine.mean(torch.stack(losses).mean())
-                dt = time.perf_counter() - t0
-                tok_s = self.loader.tokens_per_step / dt
-                record = {"type": "train", "step": self.step, "tokens": self.loader.state().tokens_consumed,
-                          "loss": loss, "lr": peak_lr * mult, "lr_mult": mult, "grad_norm": grad_norm,
-                          "tokens_per_s": tok_s, "time": dt}
-                if self.peak_flops:
-                    record["mfu"] = tok_s * self.flops_per_token / self.peak_flops
-                if self.step % cfg.logging.log_every == 0 or self.step == self.stop_step:
-                    self.log(record)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}; stopping (lower optim.lr?)")
-                for cb in callbacks:
-                    cb.on_step_end(self, self.step)
-            # at the end the checkpoint comes first: an evaluation can never cost the trained model
-            for cb in reversed(callbacks):
-                cb.on_train_end(self)
+            with guard.StopSignals() as stops:
+                while self.step < self.stop_step:
+                    verdict = self._train_step(stops)
+                    for cb in callbacks:
+                        cb.on_step_end(self, self.step)
+                    if self.step == self.stop_step:
+                        break
+                    stop = verdict.stop_reason(self.world_size)
+                    if (verdict.save_due or stop) and self.last_ckpt_step != self.step:
+                        if stop and self.is_main:
+                            print(f"pretrain: {stop}: saving the checkpoint of step {self.step}, then stopping", flush=True)
+                        self.save_checkpoint()
+                    if stop:
+                        raise guard.Preempted(stop, self.step, self.ckpt_root / ckpt_io.step_dir_name(self.step))
+                # at the end the checkpoint comes first: an evaluation can never cost the trained model
+                for cb in reversed(callbacks):
+                    cb.on_train_end(self)
         finally:
             self.logger.close()
         result = TrainResult(self.run_dir, self.step, self.loader.state().tokens_consumed, self.final_val_loss,
                              ckpt_io.latest(self.ckpt_root) if self.ckpt_root.exists() else None)
         if self.is_main:
             summary = {"step": result.step, "tokens": result.tokens, "final_val_loss": result.final_val_loss,
+                       "skipped_steps": self.skipped_steps,
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                        "n_params": self.n_params, "flops_per_token": self.flops_per_token}
             ckpt_io.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))

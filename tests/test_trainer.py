@@ -111,9 +111,9 @@ def test_prune_keeps_the_new_checkpoint_among_later_ones(tmp_path):
 
 
 def test_fresh_start_into_a_used_run_dir_is_refused_and_resume_continues(tmp_path, synthetic_data):
-    _train(synthetic_data, tmp_path / "run", budget={"steps": 3}, eval={"batches": 1})
+    _train(synthetic_data, tmp_path / "run", budget={"steps": 5, "stop_at": 3}, eval={"batches": 1})
     with pytest.raises(ConfigError, match="already holds checkpoints"):
-        _train(synthetic_data, tmp_path / "run", budget={"steps": 3}, eval={"batches": 1})
+        _train(synthetic_data, tmp_path / "run", budget={"steps": 5}, eval={"batches": 1})
     # a torn last line (crash mid-write) does not stop the resume, and no record is duplicated
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write('{"type": "train", "step": 4, "lo')

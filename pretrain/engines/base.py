@@ -97,6 +97,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bia
     return groups
 
 
+def group_hyperparameters(cfg: TrainConfig) -> list[dict]:
+    """Betas, eps and weight decay the config gives each group of :func:`make_optimizer`, in its order
+    (decayed matrices first); the learning rate follows the schedule and is set every step."""
+    o = cfg.optim
+    common = {"betas": tuple(o.betas), "eps": o.eps}
+    return [{**common, "weight_decay": o.weight_decay}, {**common, "weight_decay": 0.0}]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
@@ -104,18 +112,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                              betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
-def clip_grad_norm(params, max_norm: float) -> float:
-    """Global L2 norm of the gradients before clipping; clip to ``max_norm`` when it is > 0.
+def total_grad_norm(params) -> float:
+    """Global L2 norm of the gradients (before clipping).
 
     Sharded (DTensor) gradients give a sharded norm: it is reduced over the mesh first, so every
-    rank clips by the same global factor as a replicated model would.
+    rank sees (and clips by) the same global value as a replicated model would.
     """
-    params = [p for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0)
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return float(norm)
 
 
@@ -144,12 +149,37 @@ class Engine:
         """Loss of one micro-batch (labels = inputs, shifted inside the HF model); grads accumulate."""
         raise NotImplementedError
 
-    def optimizer_step(self) -> float:
-        """Clip, step, zero; returns the pre-clip global gradient norm."""
-        norm = clip_grad_norm(self.model.parameters(), self.grad_clip)
+    def grad_norm(self) -> float | None:
+        """This step's global gradient norm before clipping, known before the step is applied; ``None``
+        where the engine computes it inside its own step (DeepSpeed)."""
+        return total_grad_norm(self.model.parameters())
+
+    def optimizer_step(self, norm: float | None) -> float:
+        """Clip by ``norm`` (from :meth:`grad_norm`), step, zero; returns the pre-clip global gradient norm."""
+        if self.grad_clip > 0:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, torch.tensor(norm, dtype=torch.float32))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def skip_step(self) -> None:
+        """Drop this step's gradients without applying them (optimizer state and weights stay as they are)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def local_parameters(self):
+        """This rank's part of every parameter (what it holds of the weights it would save)."""
+        for p in self.model.parameters():
+            yield p.to_local() if hasattr(p, "to_local") else p
+
+    def weights_finite(self) -> bool:
+        """Whether this rank's part of the weights is finite (checked before any checkpoint is written)."""
+        return all(bool(torch.isfinite(t).all()) for t in self.local_parameters() if t.numel())
+
+    @property
+    def optimizer_groups(self) -> list[dict]:
+        """The torch optimizer's parameter groups (hyper-parameters as loaded or configured)."""
+        return self.optimizer.param_groups
 
     def save(self, tmp: Path) -> list[str]:
         """Write this rank's part of the model and optimizer state under ``tmp`` (every rank calls it).

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoint import CheckpointError
+from pretrain.checkpoint import CheckpointError, read_trainer_state
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.engines.base import PG_TIMEOUT, Engine, default_launch_env, local_device, make_optimizer, \
     resolve_backend, resolve_precision, world_info
-from pretrain.engines.weights import MODEL_FILE, load_into, save_safetensors
+from pretrain.engines.weights import MODEL_FILE, load_into, read_full, save_safetensors
 
 DS_DIR, DS_TAG = "ds", "state"
 
@@ -46,7 +46,8 @@ class DeepSpeedEngine(Engine):
             "train_micro_batch_size_per_gpu": b.micro_batch_size,
             "gradient_accumulation_steps": accum_steps,
             "gradient_clipping": cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else 0.0,
-            "bf16": {"enabled": self.precision == "bf16"},
+            # DeepSpeed skips a step whose gradient norm is not finite before applying it (the trainer relies on it)
+            "bf16": {"enabled": self.precision == "bf16", "check_grad_overflow": True},
             "fp16": {"enabled": False},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -61,17 +62,37 @@ class DeepSpeedEngine(Engine):
         return self.model.module
 
     def forward_backward(self, tokens: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
-        """DeepSpeed divides by its own accumulation count and syncs at the boundary itself."""
+        """DeepSpeed divides by its own accumulation count and reduces at the boundary (``sync``) itself."""
         tokens = tokens.to(self.device)
         loss = self.model(input_ids=tokens, labels=tokens).loss
         self.model.backward(loss)
-        self.model.step()  # a no-op for the optimizer except at the accumulation boundary
+        if not sync:
+            self.model.step()  # only counts the micro-batch; the boundary step is optimizer_step's
         return loss.detach()
 
-    def optimizer_step(self) -> float:
-        """The step itself ran at the boundary micro-batch (clipped by DeepSpeed); report its pre-clip norm."""
+    def grad_norm(self) -> None:
+        """DeepSpeed computes the norm inside its step, and skips a step whose norm is not finite."""
+        return None
+
+    def optimizer_step(self, norm: None = None) -> float:
+        """The boundary step (clipped by DeepSpeed); its pre-clip norm, inf when DeepSpeed skipped the step."""
+        self.model.step()
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+    def skip_step(self) -> None:
+        """Make DeepSpeed's own overflow path drop the step: a non-finite gradient, set through its public
+        API, leaves weights and optimizer state alone and keeps its micro-step and step counters right."""
+        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+        param = next(self.unwrapped.parameters())
+        safe_set_full_grad(param, torch.full_like(safe_get_full_grad(param), float("nan")))
+        self.model.step()
+
+    def local_parameters(self):
+        """Under ZeRO-3 each rank holds a partition of every parameter."""
+        for p in self.unwrapped.parameters():
+            yield p.ds_tensor if self.stage == 3 else p
 
     def _gathered(self, modifier_rank: int | None = None):
         """Full parameters inside the block under ZeRO-3 (a collective); nothing to do below it."""
@@ -96,6 +117,11 @@ class DeepSpeedEngine(Engine):
         return mine + ([f for f in files if f not in partitioned] + [MODEL_FILE] if self.rank == 0 else [])
 
     def load_own(self, ckpt: Path, load_optimizer: bool) -> None:
+        """DeepSpeed's own files on the world size that wrote them; weights alone (model.safetensors) on
+        another (its partitioned optimizer state cannot move: the trainer refuses that before loading)."""
+        if not load_optimizer and read_trainer_state(ckpt).get("world_size", self.world_size) != self.world_size:
+            self.load_full_weights(read_full(ckpt), ckpt)
+            return
         if not (ckpt / DS_DIR / DS_TAG).is_dir():
             raise CheckpointError(f"checkpoint {ckpt} lacks DeepSpeed's state ({DS_DIR}/{DS_TAG}): it is partial")
         self.model.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_optimizer_states=load_optimizer,
