@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pretrain.checkpoint import CheckpointError
 from pretrain.config import ConfigError, TrainConfig, to_dict
+from pretrain.engines.weights import foreign_engine_message
 
 
 def _changes(before: dict, after: dict, prefix: str) -> list[str]:
@@ -64,6 +65,12 @@ def check_data_state(cfg: TrainConfig, state: dict, fingerprint: str, ckpt: Path
         f"(fingerprint {fingerprint[:16]}…); init.load_data_state=false would start the epoch over and train on "
         "tokens the model has already seen. Keep its position (init.load_data_state=true), train on other data, "
         "or set init.allow_repeat_data=true to repeat them on purpose")
+
+
+def check_engine(engine: str, state: dict, ckpt: Path) -> None:
+    """Optimizer state continues only under the engine that wrote it (each keeps its own layout)."""
+    if state.get("engine") != engine:
+        raise CheckpointError(foreign_engine_message(ckpt, state.get("engine"), engine))
 
 
 def check_world_size(engine: str, state: dict, world: int, ckpt: Path) -> None:

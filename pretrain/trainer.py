@@ -183,11 +183,12 @@ class Trainer:
             raise ConfigError(f"checkpoint {src} is at step {state['step']}, past this run's budget of {self.total_steps} steps")
         if load_data:  # checks the data, order and position first (sets only the loader's counter)
             self.loader.load_state(state["loader"])
+        if load_opt:
+            resume.check_engine(self.engine.name, state, src)
+            resume.check_world_size(self.engine.name, state, self.world_size, src)
         notes = []
         if is_resume:
             notes.append(resume.check_schedule(cfg, state, self.total_steps, src))
-        if load_opt:
-            resume.check_world_size(self.engine.name, state, self.world_size, src)
         if not load_data:
             resume.check_data_state(cfg, state, self.data.fingerprint, src)
         self.engine.load(src, load_optimizer=load_opt)
@@ -256,7 +257,8 @@ class Trainer:
         if bad:
             raise guard.NonFiniteError(
                 f"the weights at step {self.step} are not finite on {bad} rank(s); no checkpoint was written (the last "
-                f"is {self._last_checkpoint()}). Lower optim.lr or raise schedule.warmup_steps, and resume from it")
+                f"is {self._last_checkpoint()}). Lower optim.lr or raise schedule.warmup_steps, and resume from it with "
+                "checkpoint.resume=auto")
         tmp = self.ckpt_root / f".tmp-{ckpt_io.step_dir_name(self.step)}"
         if self.is_main:
             ckpt_io.begin(self.ckpt_root, self.step)

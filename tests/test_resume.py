@@ -1,6 +1,12 @@
-"""Exact resume: a run SIGKILLed at an arbitrary step and resumed equals an uninterrupted run, bit for bit
-(DDP on 1 and 2 processes, FSDP2 with its sharded checkpoints on 2)."""
+"""Exact resume in every engine: a run stopped by a signal (it saves the step it is in), resumed, SIGKILLed (it
+loses what followed its last checkpoint), and resumed again with checkpoint.resume=auto, equals an uninterrupted
+run bit for bit: every logged loss, the final weights and the optimizer's whole state (both Adam moments and the
+step count). Attention dropout is on, so every step draws random numbers: without the restored random state the
+resumed losses differ. The signal reaches the run as it would on a cluster: to the process, to one worker of two
+(the ranks must agree), to torchrun (which forwards it), to the workers, or from Slurm's early warning through
+launch/slurm.sbatch (faked Slurm commands), which then requeues the job."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +16,7 @@ import pytest
 import torch
 
 from pretrain.engines.weights import read_dcp, read_full
+from pretrain.guard import PREEMPTED_EXIT
 from tests.conftest import ROOT, base_config, free_port, python_env, read_jsonl, torchrun_cmd, write_config
 
 
@@ -19,9 +26,10 @@ def _cmd(nproc, cfg_path, *overrides):
     return torchrun_cmd(nproc, "train", str(cfg_path), *overrides, port=free_port())
 
 
-def _run(cmd):
-    p = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+def _run(cmd, env=None, expect=0):
+    p = subprocess.run(cmd, cwd=ROOT, env=env or python_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == expect, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
 
 
 def _descendants(pid):
@@ -42,56 +50,171 @@ def _descendants(pid):
     return out
 
 
-def _run_and_kill(cmd, metrics, kill_after_step):
-    """Start training, SIGKILL it and every worker once the log shows ``kill_after_step``."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True)
+def _workers(pid):
+    """{rank: pid} of the training processes below ``pid``."""
+    found = {}
+    for c in _descendants(pid):
+        try:
+            env = dict(v.split("=", 1) for v in open(f"/proc/{c}/environ").read().split("\0") if "=" in v)
+        except OSError:
+            continue
+        if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
+            found[int(env["RANK"])] = c
+    return found
+
+
+def _signal(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _interrupt(cmd, metrics, after_step, deliver, env=None):
+    """Start training; once the log shows ``after_step``, ``deliver(popen)``; return the finished process."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env or python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
-        if metrics.exists() and any(r["type"] == "train" and r["step"] >= kill_after_step for r in read_jsonl(metrics)):
-            for pid in [p.pid, *_descendants(p.pid)]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if metrics.exists() and any(r["type"] == "train" and r["step"] >= after_step for r in read_jsonl(metrics)):
+            deliver(p)
             break
         time.sleep(0.005)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, f"training ended before it could be killed: {p.stderr.read()[-2000:]}"
+    out, err = p.communicate(timeout=240)
+    return p.returncode, out, err
+
+
+def _kill_all(p):
+    _signal([p.pid, *_descendants(p.pid)], signal.SIGKILL)
+
+
+DELIVERIES = {  # how a stop signal reaches the run
+    "process": lambda p: _signal([p.pid], signal.SIGTERM),
+    "rank 1 only": lambda p: _signal([_workers(p.pid)[1]], signal.SIGTERM),
+    "torchrun": lambda p: _signal([p.pid], signal.SIGTERM),
+    "workers": lambda p: _signal(_workers(p.pid).values(), signal.SIGUSR1),
+    "slurm": lambda p: _signal([p.pid], signal.SIGUSR1),  # --signal=B:USR1@N reaches the batch script
+}
+
+FAKE_SLURM = {  # one node, one task: enough to run launch/slurm.sbatch as Slurm would
+    "srun": 'while [[ $1 == --* ]]; do shift; done\necho $$ > "$FAKE_SLURM/step.pid"\nexec "$@"\n',
+    "scancel": 'kill -s "${1#--signal=}" "$(cat "$FAKE_SLURM/step.pid")"\n',  # the step's task (torchrun)
+    "scontrol": 'case $1 in show) echo 127.0.0.1 ;; requeue) echo "requeue $2" >> "$FAKE_SLURM/requeued" ;; esac\n',
+}
+
+
+def _slurm(tmp_path, cfg_path, *overrides):
+    """``sbatch launch/slurm.sbatch CFG ...`` on a faked one-node, two-process Slurm allocation."""
+    fake = tmp_path / "slurm"
+    if not fake.is_dir():
+        (fake / "bin").mkdir(parents=True)
+        for name, body in FAKE_SLURM.items():
+            (fake / "bin" / name).write_text("#!/usr/bin/env bash\n" + body)
+            (fake / "bin" / name).chmod(0o755)
+    env = python_env() | {"FAKE_SLURM": str(fake), "PATH": f"{fake / 'bin'}:{os.path.dirname(sys.executable)}:"
+                          f"{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1",
+                          "SLURM_NNODES": "1", "SLURM_NODEID": "0", "GPUS_PER_NODE": "2",
+                          "MASTER_PORT": str(free_port())}
+    return ["bash", "launch/slurm.sbatch", str(cfg_path), *overrides], env
 
 
 def _losses(metrics):
     return [(r["type"], r["step"], r.get("loss", r.get("val_loss"))) for r in read_jsonl(metrics)]
 
 
-def _final_state(ckpt):
-    """Full weights and the Adam second moments of a checkpoint, whichever engine wrote it."""
+def _flatten(obj, prefix=""):
+    """Tensors and plain values of a nested state, keyed by their dotted path."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{prefix}{key}.").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, val in enumerate(obj) for k, v in _flatten(val, f"{prefix}{i}.").items()}
+    if isinstance(obj, (torch.Tensor, int, float, str, bool)) or obj is None:
+        return {prefix[:-1]: obj}
+    return {}
+
+
+def optimizer_state(ckpt):
+    """Every tensor and number of a checkpoint's optimizer state, whichever engine wrote it."""
     if (ckpt / "dcp").is_dir():
-        optim = read_dcp(ckpt / "dcp", "optim")
-        return read_full(ckpt), [optim[k] for k in sorted(optim) if k.endswith(".exp_avg_sq")]
-    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
-    return read_full(ckpt), [state[i]["exp_avg_sq"] for i in sorted(state)]
+        return read_dcp(ckpt / "dcp", "optim")
+    if (ckpt / "ds").is_dir():
+        return {k: v for f in sorted((ckpt / "ds").rglob("*optim_states.pt"))
+                for k, v in _flatten(torch.load(f, map_location="cpu", weights_only=False), f"{f.name}.").items()}
+    return _flatten(torch.load(ckpt / "optimizer.pt", weights_only=True))
 
 
-@pytest.mark.parametrize("nproc,engine", [(1, "accelerate"), (2, "accelerate"), (2, "fsdp2")])
-def test_sigkill_and_resume_is_bit_exact(tmp_path, synthetic_data, nproc, engine):
-    cfg = base_config(synthetic_data, tmp_path / "x", budget={"steps": 24, "global_batch_size": 8, "micro_batch_size": 2},
-                      checkpoint={"every": 3, "keep_last": 2}, eval={"every": 5, "batches": 2},
-                      data={"ledger": True}, dist={"engine": engine})
+def _same(a, b):
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def different_entries(a: dict, b: dict) -> list[str]:
+    """Keys of two flattened states whose values differ (or that only one has)."""
+    return sorted(set(a) ^ set(b)) + [k for k in a if k in b and not _same(a[k], b[k])]
+
+
+ZERO = "configs/deepspeed/zero{}.json"
+CASES = {  # nproc, dist section, how the stop signal arrives
+    "1-accelerate": (1, {"engine": "accelerate"}, "process"),
+    "2-accelerate": (2, {"engine": "accelerate"}, "rank 1 only"),
+    "2-fsdp2": (2, {"engine": "fsdp2"}, "slurm"),
+    "2-zero2": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(2))}, "torchrun"),
+    "2-zero3": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(3))}, "workers"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stop_kill_and_resume_is_bit_exact(tmp_path, synthetic_data, case):
+    nproc, dist, how = CASES[case]
+    cfg = base_config(synthetic_data, tmp_path / "x", budget={"steps": 16, "global_batch_size": 8, "micro_batch_size": 2},
+                      model={"attention_dropout": 0.1}, checkpoint={"every": 3, "keep_last": 2},
+                      eval={"every": 5, "batches": 2}, data={"ledger": True}, dist=dist)
     cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
+    metrics = cut / "metrics.jsonl"
     _run(_cmd(nproc, cfg_path, f"run_dir={ref}"))
-    _run_and_kill(_cmd(nproc, cfg_path, f"run_dir={cut}"), cut / "metrics.jsonl", kill_after_step=11)
-    assert not (cut / "summary.json").exists()
-    _run(_cmd(nproc, cfg_path, f"run_dir={cut}", "checkpoint.resume=auto"))
 
-    assert _losses(cut / "metrics.jsonl") == _losses(ref / "metrics.jsonl")
-    (a, oa), (b, ob) = (_final_state(run / "checkpoints" / "step-00000024") for run in (ref, cut))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len(oa) == len(ob) == len(a) and all(torch.equal(x, y) for x, y in zip(oa, ob))
+    def command(*overrides):
+        return _slurm(tmp_path, cfg_path, f"run_dir={cut}", *overrides) if how == "slurm" else \
+            (_cmd(nproc, cfg_path, f"run_dir={cut}", *overrides), None)
 
-    # the ledger proves every sequence was consumed once: none twice, none skipped, across ranks and the crash
+    # 1. a stop signal: every rank finishes its step, the checkpoint of that very step is saved, the run exits
+    rc, _, err = _interrupt(*command(), metrics, 4, DELIVERIES[how])
+    stopped = [r["step"] for r in read_jsonl(metrics) if r["type"] == "train"][-1]
+    signame = "SIGUSR1" if how in ("workers", "slurm") else "SIGTERM"
+    ranks = 1 if how == "rank 1 only" else nproc
+    line = (f"pretrain: stopped by {signame} on {ranks} of {nproc} rank{'s' if nproc > 1 else ''} at step {stopped}: "
+            f"checkpoint {cut / 'checkpoints' / f'step-{stopped:08d}'} is saved; continue with checkpoint.resume=auto")
+    assert line in err, err[-3000:]
+    assert rc == PREEMPTED_EXIT if nproc == 1 else rc != 0
+    assert (cut / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}" and stopped < 16
+    if how == "slurm":
+        assert (tmp_path / "slurm" / "requeued").read_text() == "requeue 7\n"
+
+    # 2. resumed, then SIGKILLed: the work after the last checkpoint is lost and redone
+    cmd, env = command("checkpoint.resume=auto")
+    rc, _, _ = _interrupt(cmd, metrics, stopped + 5, _kill_all, env)
+    assert rc == -signal.SIGKILL and not (cut / "summary.json").exists()
+    # 3. resumed to the end
+    _run(*command("checkpoint.resume=auto"))
+
+    assert _losses(metrics) == _losses(ref / "metrics.jsonl")
+    a, b = (run / "checkpoints" / "step-00000016" for run in (ref, cut))
+    wa, wb = read_full(a), read_full(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa, ob = optimizer_state(a), optimizer_state(b)
+    assert {k.rsplit(".", 1)[-1] for k in oa} >= {"exp_avg", "exp_avg_sq", "step"}
+    assert different_entries(oa, ob) == []
+
+    # the ledger proves every sequence was consumed once: none twice, none skipped, across ranks and interruptions
     seen = [i for rank in range(nproc) for r in read_jsonl(cut / "ledger" / f"rank-{rank:05d}.jsonl") for i in r["ids"]]
     ref_seen = [i for rank in range(nproc) for r in read_jsonl(ref / "ledger" / f"rank-{rank:05d}.jsonl") for i in r["ids"]]
-    assert len(seen) == len(set(seen)) == 24 * 8
+    assert len(seen) == len(set(seen)) == 16 * 8
     assert sorted(seen) == sorted(ref_seen)
+
+    if dist["engine"] == "deepspeed":  # on another world size: refused before any work, both sizes and the fix named
+        p = _run(_cmd(1, cfg_path, f"run_dir={cut}", "checkpoint.resume=auto"), expect=2)
+        assert re.search(r"pretrain: error: checkpoint \S+step-00000016 was written by 2 DeepSpeed processes and this "
+                         r"run has 1: .* Continue it on 2 processes, or start a new run from its weights alone with "
+                         r"init.checkpoint=\S+ init.load_optimizer=false", p.stderr), p.stderr
+        assert "Traceback" not in p.stderr
