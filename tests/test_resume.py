@@ -179,7 +179,8 @@ def test_stop_kill_and_resume_is_bit_exact(tmp_path, synthetic_data, case):
             (_cmd(nproc, cfg_path, f"run_dir={cut}", *overrides), None)
 
     # 1. a stop signal: every rank finishes its step, the checkpoint of that very step is saved, the run exits
-    rc, _, err = _interrupt(*command(), metrics, 4, DELIVERIES[how])
+    cmd, env = command()
+    rc, _, err = _interrupt(cmd, metrics, 4, DELIVERIES[how], env)
     stopped = [r["step"] for r in read_jsonl(metrics) if r["type"] == "train"][-1]
     signame = "SIGUSR1" if how in ("workers", "slurm") else "SIGTERM"
     ranks = 1 if how == "rank 1 only" else nproc
