@@ -44,7 +44,11 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
                   min_lr_ratio: float | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """The config of a branch from a stable-phase checkpoint; every bad request fails here, before work."""
     ckpt = ckpt_io.resolve(ckpt)
-    ckpt_io.verify(ckpt)
+    # the files read here; the whole checkpoint is verified by the branch's ranks together before loading
+    read = [e for e in ckpt_io.read_listing(ckpt)["files"] if e["path"] in ("trainer.json", "config.yaml")]
+    found = ckpt_io.problems(ckpt, read)
+    if found:
+        raise ckpt_io.CheckpointError(found[0])
     state = ckpt_io.read_trainer_state(ckpt)
     main = load_config(ckpt / "config.yaml")
     n = int(state["step"])

@@ -188,9 +188,10 @@ def report(line: str) -> None:
     root cause instead of a pointer to its docs; elsewhere other ranks print it with their rank."""
     line = " ".join(part.strip() for part in line.splitlines())
     rank, error_file = int(os.environ.get("RANK", "0")), os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
+    if error_file:  # the layout of torch.distributed.elastic's own error files, the line as the "traceback"
         with open(error_file, "w") as f:
-            json.dump({"message": line, "timestamp": int(time.time())}, f)
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                   "timestamp": str(int(time.time()))}}}, f)
     if rank == 0:
         print(line, file=sys.stderr, flush=True)
     elif not error_file:

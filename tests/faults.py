@@ -1,7 +1,7 @@
-"""Fault injection for tests: non-finite values on one rank at one step, in any engine.
+"""Fault injection for tests: a non-finite value on one rank at one optimizer step, in any engine.
 
-``BUDGETLM_FAULT=KIND:RANK:STEP`` (``python -m tests.faults train ...``, like ``-m pretrain``), or
-:func:`faulty` in-process. Kinds:
+``BUDGETLM_FAULT=KIND:RANK:STEP`` with ``python -m tests.faults train ...`` (like ``-m pretrain``), or
+:func:`inject` in-process. STEP is the trainer's step number (1 = the first), also after a resume. Kinds:
 
 - ``grad``: the gradient flowing back from the final norm becomes inf on that rank (the loss stays
   finite); under DDP the all-reduce spreads it to every rank, under FSDP2 and ZeRO to the norm.
@@ -18,34 +18,27 @@ import torch
 
 from pretrain import trainer as trainer_mod
 
+_now = {"step": 0}  # the step the trainer is taking
+
 
 def _wrap(engine, kind: str, rank: int, step: int) -> None:
     if engine.rank != rank:
         return
-    calls = {"n": 0}
-    accum = {"n": None}
     forward_backward, optimizer_step = engine.forward_backward, engine.optimizer_step
 
-    def current_step() -> int:
-        return calls["n"] // accum["n"] + 1
-
     def hook(module, args, output):
-        if kind == "grad" and current_step() == step and output.requires_grad:
+        if kind == "grad" and _now["step"] == step and output.requires_grad:
             output.register_hook(lambda g: g * float("inf"))
 
     engine.unwrapped.model.norm.register_forward_hook(hook)
 
     def fb(tokens, scale, sync):
-        if accum["n"] is None:
-            accum["n"] = round(1.0 / scale)
         loss = forward_backward(tokens, scale, sync)
-        hit = kind == "loss" and current_step() == step
-        calls["n"] += 1
-        return loss * float("nan") if hit else loss
+        return loss * float("nan") if kind == "loss" and _now["step"] == step else loss
 
     def opt_step(norm):
         out = optimizer_step(norm)
-        if kind == "weights" and calls["n"] // accum["n"] == step:
+        if kind == "weights" and _now["step"] == step:
             with torch.no_grad():
                 next(engine.local_parameters()).view(-1)[0] = float("nan")
         return out
@@ -53,20 +46,27 @@ def _wrap(engine, kind: str, rank: int, step: int) -> None:
     engine.forward_backward, engine.optimizer_step = fb, opt_step
 
 
-def faulty(make_engine, spec: str):
-    """``make_engine`` whose engines carry the fault ``KIND:RANK:STEP`` (for ``pretrain.trainer.make_engine``)."""
+def inject(spec: str, setattr_=setattr) -> None:
+    """Give every engine the trainer builds from now on the fault ``KIND:RANK:STEP`` (pass pytest's
+    ``monkeypatch.setattr`` to undo it after the test)."""
     kind, rank, step = spec.split(":")
+    make_engine, train_step = trainer_mod.make_engine, trainer_mod.Trainer._train_step
 
     def make(*args, **kwargs):
         engine = make_engine(*args, **kwargs)
         _wrap(engine, kind, int(rank), int(step))
         return engine
 
-    return make
+    def counted_step(self, stops):
+        _now["step"] = self.step + 1
+        return train_step(self, stops)
+
+    setattr_(trainer_mod, "make_engine", make)
+    setattr_(trainer_mod.Trainer, "_train_step", counted_step)
 
 
 if __name__ == "__main__":
     from pretrain.cli import main
 
-    trainer_mod.make_engine = faulty(trainer_mod.make_engine, os.environ["BUDGETLM_FAULT"])
+    inject(os.environ["BUDGETLM_FAULT"])
     sys.exit(main(sys.argv[1:]))

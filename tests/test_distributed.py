@@ -1,5 +1,5 @@
 """Two-process runs (DDP via torchrun, `accelerate launch`, DeepSpeed ZeRO, FSDP2) match one process with the same
-global batch; FSDP2's sharded checkpoints resume on another number of processes (2 -> 1, 1 -> 2)."""
+global batch; DDP's and FSDP2's checkpoints resume on another number of processes (2 -> 1, 1 -> 2)."""
 import json
 import os
 import subprocess
@@ -30,7 +30,7 @@ def reference(tmp_path_factory, synthetic_data):
     cfg = base_config(synthetic_data, tmp / "run", budget={"steps": 8, "global_batch_size": 8, "micro_batch_size": 4},
                       eval={"every": 4, "batches": 2})
     path = write_config(tmp / "cfg.yaml", cfg)
-    _run([sys.executable, "-m", "pretrain", "train", str(path)])
+    _run([sys.executable, "-m", "pretrain", "train", str(path), "checkpoint.at_steps=[4]"])
     return path, tmp / "run"
 
 
@@ -46,11 +46,19 @@ def _assert_same(run, ref, tol, after=0):
     assert all(torch.allclose(wa[k], wb[k], atol=max(1e-5, tol), rtol=1e-4) for k in wb)
 
 
-def test_torchrun_ddp_two_processes_match_one(tmp_path, reference):
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, reference):
+    """DDP on 1 process (the reference) and on 2 (torchrun), each keeping its step-4 checkpoint."""
     cfg, ref = reference
-    p = _run(torchrun_cmd(2, "train", str(cfg), f"run_dir={tmp_path / 'ddp'}", port=free_port(), module=CENSUS))
-    _assert_same(tmp_path / "ddp", ref, 1e-5)
+    run = tmp_path_factory.mktemp("ddp") / "x2"
+    p = _run(torchrun_cmd(2, "train", str(cfg), f"run_dir={run}", "checkpoint.at_steps=[4]", port=free_port(),
+                          module=CENSUS))
     assert_no_gloo_threads_left(p.stdout, 2)
+    return {1: ref, 2: run}
+
+
+def test_torchrun_ddp_two_processes_match_one(ddp_runs):
+    _assert_same(ddp_runs[2], ddp_runs[1], 1e-5)
 
 
 def test_accelerate_launch_two_processes_match_one(tmp_path, reference):
@@ -89,8 +97,8 @@ def test_deepspeed_launcher_zero1_matches_one(tmp_path, reference):
 # --------------------------------------------------------------------------- FSDP2
 
 
-def _fsdp2(cfg, run_dir, nproc, *overrides):
-    args = ("train", str(cfg), f"run_dir={run_dir}", "dist.engine=fsdp2", *overrides)
+def _train_on(nproc, cfg, run_dir, *overrides):
+    args = ("train", str(cfg), f"run_dir={run_dir}", *overrides)
     if nproc == 1:
         return _run([sys.executable, "-m", CENSUS, *args])
     return _run(torchrun_cmd(nproc, *args, port=free_port(), module=CENSUS))
@@ -103,7 +111,7 @@ def fsdp2_runs(tmp_path_factory, reference):
     tmp = tmp_path_factory.mktemp("fsdp2")
     out = {}
     for nproc in (1, 2):
-        p = _fsdp2(cfg, tmp / f"x{nproc}", nproc, "checkpoint.at_steps=[4]")
+        p = _train_on(nproc, cfg, tmp / f"x{nproc}", "dist.engine=fsdp2", "checkpoint.at_steps=[4]")
         assert f"engine fsdp2 x{nproc}" in p.stdout
         assert_no_gloo_threads_left(p.stdout, nproc)
         out[nproc] = tmp / f"x{nproc}"
@@ -128,14 +136,18 @@ def test_fsdp2_checkpoint_is_sharded_and_listed_by_writer(fsdp2_runs):
     assert all(s < 0.6 * full for s in shards) and abs(sum(shards) - full) < 0.1 * full, (shards, full)
 
 
+@pytest.mark.parametrize("engine,runs,tol", [("accelerate", "ddp_runs", 1e-5), ("fsdp2", "fsdp2_runs", 1e-4)])
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
-def test_fsdp2_resumes_on_another_number_of_processes(tmp_path, reference, fsdp2_runs, before, after):
-    """Resharding: the step-4 checkpoint of an N-process run continues on M processes (same global batch)
-    and ends where the run that kept N processes ended."""
+def test_resumes_on_another_number_of_processes(tmp_path, request, reference, engine, runs, tol, before, after):
+    """The step-4 checkpoint of an N-process run continues on M processes (same global batch: the loader
+    resumes at the same position of the same order; DDP's optimizer state is whole, FSDP2's reshards) and ends
+    where the run that kept N processes ended. Rank r takes the random state of rank r mod N."""
     cfg, _ = reference
-    src = fsdp2_runs[before]
-    _fsdp2(cfg, tmp_path / "re", after, f"checkpoint.resume={src / 'checkpoints' / 'step-00000004'}")
-    _assert_same(tmp_path / "re", src, 1e-4, after=4)
+    src = request.getfixturevalue(runs)[before]
+    p = _train_on(after, cfg, tmp_path / "re", f"dist.engine={engine}",
+                  f"checkpoint.resume={src / 'checkpoints' / 'step-00000004'}")
+    assert f"world size {before} -> {after}: rank r continues the random state of rank r mod {before}" in p.stdout
+    _assert_same(tmp_path / "re", src, tol, after=4)
 
 
 def test_fsdp2_accelerate_launch_with_activation_checkpointing(tmp_path, reference):

@@ -3,8 +3,11 @@ loses what followed its last checkpoint), and resumed again with checkpoint.resu
 run bit for bit: every logged loss, the final weights and the optimizer's whole state (both Adam moments and the
 step count). Attention dropout is on, so every step draws random numbers: without the restored random state the
 resumed losses differ. The signal reaches the run as it would on a cluster: to the process, to one worker of two
-(the ranks must agree), to torchrun (which forwards it), to the workers, or from Slurm's early warning through
-launch/slurm.sbatch (faked Slurm commands), which then requeues the job."""
+(the ranks must agree), to torchrun (which forwards it), or from Slurm's early warning through launch/slurm.sbatch
+(faked Slurm commands), which then requeues the job.
+
+The two-process FSDP2 and DeepSpeed runs (uninterrupted and interrupted alike) also meet a non-finite value on
+rank 1 at step 2 with optim.skip_nonfinite: the step is skipped on both ranks, the same way in both runs."""
 import os
 import re
 import signal
@@ -15,15 +18,16 @@ import time
 import pytest
 import torch
 
-from pretrain.engines.weights import read_dcp, read_full
+from pretrain.engines.weights import read_full
 from pretrain.guard import PREEMPTED_EXIT
+from tests.checkpoints import assert_step_skipped, different_entries, optimizer_state
 from tests.conftest import ROOT, base_config, free_port, python_env, read_jsonl, torchrun_cmd, write_config
 
 
-def _cmd(nproc, cfg_path, *overrides):
+def _cmd(nproc, cfg_path, *overrides, module="pretrain"):
     if nproc == 1:
-        return [sys.executable, "-m", "pretrain", "train", str(cfg_path), *overrides]
-    return torchrun_cmd(nproc, "train", str(cfg_path), *overrides, port=free_port())
+        return [sys.executable, "-m", module, "train", str(cfg_path), *overrides]
+    return torchrun_cmd(nproc, "train", str(cfg_path), *overrides, port=free_port(), module=module)
 
 
 def _run(cmd, env=None, expect=0):
@@ -93,7 +97,6 @@ DELIVERIES = {  # how a stop signal reaches the run
     "process": lambda p: _signal([p.pid], signal.SIGTERM),
     "rank 1 only": lambda p: _signal([_workers(p.pid)[1]], signal.SIGTERM),
     "torchrun": lambda p: _signal([p.pid], signal.SIGTERM),
-    "workers": lambda p: _signal(_workers(p.pid).values(), signal.SIGUSR1),
     "slurm": lambda p: _signal([p.pid], signal.SIGUSR1),  # --signal=B:USR1@N reaches the batch script
 }
 
@@ -123,80 +126,62 @@ def _losses(metrics):
     return [(r["type"], r["step"], r.get("loss", r.get("val_loss"))) for r in read_jsonl(metrics)]
 
 
-def _flatten(obj, prefix=""):
-    """Tensors and plain values of a nested state, keyed by their dotted path."""
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{prefix}{key}.").items()}
-    if isinstance(obj, (list, tuple)):
-        return {k: v for i, val in enumerate(obj) for k, v in _flatten(val, f"{prefix}{i}.").items()}
-    if isinstance(obj, (torch.Tensor, int, float, str, bool)) or obj is None:
-        return {prefix[:-1]: obj}
-    return {}
-
-
-def optimizer_state(ckpt):
-    """Every tensor and number of a checkpoint's optimizer state, whichever engine wrote it."""
-    if (ckpt / "dcp").is_dir():
-        return read_dcp(ckpt / "dcp", "optim")
-    if (ckpt / "ds").is_dir():
-        return {k: v for f in sorted((ckpt / "ds").rglob("*optim_states.pt"))
-                for k, v in _flatten(torch.load(f, map_location="cpu", weights_only=False), f"{f.name}.").items()}
-    return _flatten(torch.load(ckpt / "optimizer.pt", weights_only=True))
-
-
-def _same(a, b):
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-
-
-def different_entries(a: dict, b: dict) -> list[str]:
-    """Keys of two flattened states whose values differ (or that only one has)."""
-    return sorted(set(a) ^ set(b)) + [k for k in a if k in b and not _same(a[k], b[k])]
-
-
 ZERO = "configs/deepspeed/zero{}.json"
-CASES = {  # nproc, dist section, how the stop signal arrives
-    "1-accelerate": (1, {"engine": "accelerate"}, "process"),
-    "2-accelerate": (2, {"engine": "accelerate"}, "rank 1 only"),
-    "2-fsdp2": (2, {"engine": "fsdp2"}, "slurm"),
-    "2-zero2": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(2))}, "torchrun"),
-    "2-zero3": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(3))}, "workers"),
+CASES = {  # nproc, dist section, how a stop signal arrives (None: SIGKILL only), fault on rank 1 at step 2
+    "1-accelerate": (1, {"engine": "accelerate"}, "process", None),
+    "2-accelerate": (2, {"engine": "accelerate"}, "slurm", None),
+    "2-fsdp2": (2, {"engine": "fsdp2"}, "rank 1 only", "grad:1:2"),  # the norm reduced over the mesh
+    "2-zero2": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(2))}, "torchrun",
+                "loss:1:2"),  # DeepSpeed made to drop the step
+    "2-zero3": (2, {"engine": "deepspeed", "deepspeed_config": str(ROOT / ZERO.format(3))}, None,
+                "grad:1:2"),  # DeepSpeed's own check
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_stop_kill_and_resume_is_bit_exact(tmp_path, synthetic_data, case):
-    nproc, dist, how = CASES[case]
-    cfg = base_config(synthetic_data, tmp_path / "x", budget={"steps": 16, "global_batch_size": 8, "micro_batch_size": 2},
-                      model={"attention_dropout": 0.1}, checkpoint={"every": 3, "keep_last": 2},
-                      eval={"every": 5, "batches": 2}, data={"ledger": True}, dist=dist)
-    cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    metrics = cut / "metrics.jsonl"
-    _run(_cmd(nproc, cfg_path, f"run_dir={ref}"))
-
-    def command(*overrides):
-        return _slurm(tmp_path, cfg_path, f"run_dir={cut}", *overrides) if how == "slurm" else \
-            (_cmd(nproc, cfg_path, f"run_dir={cut}", *overrides), None)
-
-    # 1. a stop signal: every rank finishes its step, the checkpoint of that very step is saved, the run exits
-    cmd, env = command()
+def _stop(cmd, env, metrics, how, nproc, cut):
+    """Segment 1: a stop signal; every rank finishes its step, the checkpoint of that very step is saved."""
     rc, _, err = _interrupt(cmd, metrics, 4, DELIVERIES[how], env)
     stopped = [r["step"] for r in read_jsonl(metrics) if r["type"] == "train"][-1]
-    signame = "SIGUSR1" if how in ("workers", "slurm") else "SIGTERM"
+    signame = "SIGUSR1" if how == "slurm" else "SIGTERM"
     ranks = 1 if how == "rank 1 only" else nproc
     line = (f"pretrain: stopped by {signame} on {ranks} of {nproc} rank{'s' if nproc > 1 else ''} at step {stopped}: "
             f"checkpoint {cut / 'checkpoints' / f'step-{stopped:08d}'} is saved; continue with checkpoint.resume=auto")
     assert line in err, err[-3000:]
     assert rc == PREEMPTED_EXIT if nproc == 1 else rc != 0
     assert (cut / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}" and stopped < 16
+    return stopped
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stop_kill_and_resume_is_bit_exact(tmp_path, synthetic_data, case):
+    nproc, dist, how, fault = CASES[case]
+    cfg = base_config(synthetic_data, tmp_path / "x", budget={"steps": 16, "global_batch_size": 8, "micro_batch_size": 2},
+                      model={"attention_dropout": 0.1}, checkpoint={"every": 3, "keep_last": 2},
+                      eval={"every": 5, "batches": 2}, data={"ledger": True}, optim={"skip_nonfinite": True}, dist=dist)
+    cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    metrics = cut / "metrics.jsonl"
+    env = python_env() | ({"BUDGETLM_FAULT": fault} if fault else {})
+
+    def command(*overrides):
+        if how == "slurm":
+            return _slurm(tmp_path, cfg_path, f"run_dir={cut}", *overrides)
+        return _cmd(nproc, cfg_path, f"run_dir={cut}", *overrides, module="tests.faults" if fault else "pretrain"), env
+
+    ref_cmd = _cmd(nproc, cfg_path, f"run_dir={ref}", "checkpoint.at_steps=[1,2,3]", module="tests.faults" if fault
+                   else "pretrain")
+    _run(ref_cmd, env)
+    if fault:
+        assert_step_skipped(ref, 2)
+    last = _stop(*command(), metrics, how, nproc, cut) if how else 0
     if how == "slurm":
         assert (tmp_path / "slurm" / "requeued").read_text() == "requeue 7\n"
 
-    # 2. resumed, then SIGKILLed: the work after the last checkpoint is lost and redone
+    # resumed (or started), then SIGKILLed: the work after the last checkpoint is lost and redone
     cmd, env = command("checkpoint.resume=auto")
-    rc, _, _ = _interrupt(cmd, metrics, stopped + 5, _kill_all, env)
+    rc, _, _ = _interrupt(cmd, metrics, last + 5, _kill_all, env)
     assert rc == -signal.SIGKILL and not (cut / "summary.json").exists()
-    # 3. resumed to the end
+    # resumed to the end
     _run(*command("checkpoint.resume=auto"))
 
     assert _losses(metrics) == _losses(ref / "metrics.jsonl")
@@ -213,9 +198,9 @@ def test_stop_kill_and_resume_is_bit_exact(tmp_path, synthetic_data, case):
     assert len(seen) == len(set(seen)) == 16 * 8
     assert sorted(seen) == sorted(ref_seen)
 
-    if dist["engine"] == "deepspeed":  # on another world size: refused before any work, both sizes and the fix named
+    if case == "2-zero2":  # on another world size: refused before any work, both sizes and the fix named
         p = _run(_cmd(1, cfg_path, f"run_dir={cut}", "checkpoint.resume=auto"), expect=2)
-        assert re.search(r"pretrain: error: checkpoint \S+step-00000016 was written by 2 DeepSpeed processes and this "
-                         r"run has 1: .* Continue it on 2 processes, or start a new run from its weights alone with "
-                         r"init.checkpoint=\S+ init.load_optimizer=false", p.stderr), p.stderr
+        assert re.search(r"pretrain: error: checkpoint \S+step-00000016 was written by 2 DeepSpeed processes and "
+                         r"this run has 1: .* Continue it on 2 processes, or start a new run from its weights alone "
+                         r"with init.checkpoint=\S+ init.load_optimizer=false", p.stderr), p.stderr
         assert "Traceback" not in p.stderr

@@ -1,6 +1,5 @@
 """What a resume may change and what it refuses, resume=auto falling back past broken checkpoints, time-based
 checkpoints, and integrity work spread over ranks (one process, in-process)."""
-import json
 import os
 import shutil
 import signal

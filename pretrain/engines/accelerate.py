@@ -1,7 +1,7 @@
 """DDP through accelerate: one process, torchrun and `accelerate launch` alike.
 
-Every rank holds the whole model, its gradients and the Adam state; rank 0 writes them as
-``model.safetensors`` + ``optimizer.pt``.
+Every rank holds the whole model, its gradients and the Adam state; rank 0 writes the weights
+(``model.safetensors``) and rank 1, when there is one, the optimizer state (``optimizer.pt``).
 """
 from __future__ import annotations
 
@@ -63,12 +63,16 @@ class AccelerateEngine(Engine):
         return loss.detach()
 
     def save(self, tmp: Path) -> list[str]:
-        """Model and optimizer are replicated under DDP: rank 0 writes both."""
-        if self.rank != 0:
-            return []
-        save_safetensors(self.unwrapped.state_dict(), self.unwrapped, tmp / MODEL_FILE)
-        torch.save(self._inner_optimizer.state_dict(), tmp / OPTIM_FILE)
-        return [MODEL_FILE, OPTIM_FILE]
+        """Model and optimizer are replicated under DDP: rank 0 writes the weights and, with several ranks,
+        rank 1 the (twice larger) optimizer state at the same time, and each hashes its own file."""
+        written = []
+        if self.rank == 0:
+            save_safetensors(self.unwrapped.state_dict(), self.unwrapped, tmp / MODEL_FILE)
+            written.append(MODEL_FILE)
+        if self.rank == min(1, self.world_size - 1):
+            torch.save(self._inner_optimizer.state_dict(), tmp / OPTIM_FILE)
+            written.append(OPTIM_FILE)
+        return written
 
     def load_own(self, ckpt: Path, load_optimizer: bool) -> None:
         self.load_full_weights(load_file(str(ckpt / MODEL_FILE)), ckpt / MODEL_FILE)
