@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,9 +56,9 @@ def worker(args) -> None:
     from pretrain.config import from_dict
     from pretrain.trainer import Trainer
 
-    cfg = base_config(Path(args.data) / "manifest.json", Path(args.run), model=MODEL, data={"seq_len": 64},
+    cfg = base_config(Path(args.data) / "manifest.json", Path(args.run_dir), model=MODEL, data={"seq_len": 64},
                       budget={"steps": 1, "global_batch_size": 2, "micro_batch_size": 1},
-                      checkpoint={"save_final": False}, eval={"every": 0, "batches": 1},
+                      schedule={"warmup_steps": 0}, checkpoint={"save_final": False}, eval={"every": 0, "batches": 1},
                       dist={"engine": ENGINES[args.setup]})
     trainer = Trainer(from_dict(cfg))
     trainer.fit()
@@ -99,7 +100,7 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setup", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -115,7 +116,8 @@ def main() -> None:
     for setup in args.setups:
         engine, nproc = setup.split(":")
         tag = f"{engine}-x{nproc}"
-        cmd = [__file__, "--worker", "--setup", engine, "--data", str(data), "--run", str(out / tag),
+        shutil.rmtree(out / tag, ignore_errors=True)  # a fresh run each time
+        cmd = [__file__, "--out", str(out), "--worker", "--setup", engine, "--data", str(data), "--run-dir", str(out / tag),
                "--json", str(out / f"{tag}.json"), "--repeats", str(args.repeats)]
         launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_port",
                    str(free_port())] if int(nproc) > 1 else [sys.executable])
