@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         report(f"pretrain: {e}")
         return PREEMPTED_EXIT
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
         report(f"pretrain: error: {e}")
         return EXPECTED_FAILURE_EXIT
     finally:

@@ -82,7 +82,9 @@ def test_never_wraps(tmp_path):
     data = TokenData(write_manifest(tmp_path / "small", train_tokens=32 * 20, val_tokens=64))
     loader = OneEpochLoader(data, seq_len=32, global_batch_size=8, micro_batch_size=8)
     loader.next_batch(), loader.next_batch()
-    with pytest.raises(DataError, match="never wraps"):
+    # one line naming the step, the data and the way out (20 sequences: two steps of 8, the third needs 24)
+    with pytest.raises(DataError, match=r"^step 3: one epoch of \S+small/manifest.json is exhausted after 16 of its 20 "
+                                        r"sequences and the loader never repeats data; lower the budget, or add data"):
         loader.next_batch()
 
 

@@ -79,12 +79,14 @@ def _interrupt(cmd, metrics, after_step, deliver, env=None):
     """Start training; once the log shows ``after_step``, ``deliver(popen)``; return the finished process."""
     p = subprocess.Popen(cmd, cwd=ROOT, env=env or python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and p.poll() is None:
-        if metrics.exists() and any(r["type"] == "train" and r["step"] >= after_step for r in read_jsonl(metrics)):
+    deadline, size = time.time() + 240, -1
+    while time.time() < deadline and p.poll() is None:  # a light poll: the workers need the cores
+        now = metrics.stat().st_size if metrics.exists() else -1
+        if now != size and any(r["type"] == "train" and r["step"] >= after_step for r in read_jsonl(metrics)):
             deliver(p)
             break
-        time.sleep(0.005)
+        size = now
+        time.sleep(0.02)
     out, err = p.communicate(timeout=240)
     return p.returncode, out, err
 
