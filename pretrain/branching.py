@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrain import checkpoint as ckpt_io
-from pretrain.budget import to_steps, tokens_per_step
+from pretrain.budget import set_steps, to_steps, tokens_per_step
 from pretrain.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
 from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase, wsd_decay_start
 from pretrain.trainer import TrainResult, train
@@ -77,7 +77,8 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.checkpoint.resume = "auto"  # a re-run continues the branch; a first run starts from init.checkpoint
     cfg.checkpoint.at_steps = []
     cfg.checkpoint.save_final = True  # the finished model is the point of a branch
-    cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets, cfg.budget.stop_at = n + decay_steps, None, [], None
+    set_steps(cfg, n + decay_steps)
+    cfg.budget.budgets, cfg.budget.stop_at = [], None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
     cfg.schedule.params = {"decay_steps": decay_steps, "decay_shape": shape}
@@ -114,7 +115,7 @@ def _export_main(result: TrainResult) -> None:
 def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
     budgets = cfg.budget.budgets
     if not budgets:
-        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of budget.tokens / budget.steps)")
+        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of budget.tokens / steps / flops)")
     if any(b >= c for b, c in zip(budgets, budgets[1:])):
         raise ConfigError(f"budget.budgets must be strictly increasing, got {budgets}")
     if cfg.schedule.name != "wsd":
@@ -151,7 +152,8 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
     if mode == "wsd":
         main = copy.deepcopy(cfg)
         main.run_dir = str(root / "main")
-        main.budget.steps, main.budget.tokens, main.budget.budgets = points[-1].steps, None, []
+        set_steps(main, points[-1].steps)
+        main.budget.budgets = []
         main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
@@ -169,7 +171,8 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
         for p in points:
             seg = copy.deepcopy(cfg)
             seg.run_dir = str(root / f"budget-{p.budget}")
-            seg.budget.steps, seg.budget.tokens, seg.budget.budgets = p.steps, None, []
+            set_steps(seg, p.steps)
+            seg.budget.budgets = []
             seg.schedule.params = {k: v for k, v in seg.schedule.params.items() if k != "decay_fraction"}
             seg.schedule.params["decay_steps"] = p.decay_steps
             seg.checkpoint.save_final, seg.checkpoint.resume = True, "auto"

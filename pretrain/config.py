@@ -6,6 +6,7 @@ name of the offending key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -74,13 +75,17 @@ class ScheduleConfig:
 
 @dataclass
 class BudgetConfig:
-    """Training budget in tokens or optimizer steps (exactly one), and the batch that spends it."""
+    """Training budget in tokens, optimizer steps or training FLOPs (exactly one), and the batch that spends it.
+
+    FLOPs are counted as the trainer counts them (``pretrain.budget``: 6·N_non-embedding + 12·L·d·T per token).
+    """
 
     tokens: int | None = None
     steps: int | None = None
+    flops: float | None = None
     global_batch_size: int = 8  # sequences per optimizer step, over all ranks
     micro_batch_size: int = 8  # sequences per forward pass on one rank
-    budgets: list[int] = field(default_factory=list)  # multi-budget plans (same unit as tokens/steps)
+    budgets: list[int] = field(default_factory=list)  # multi-budget plans (same unit as tokens/steps/flops)
     stop_at: int | None = None  # optimizer step to stop at early; the schedule still spans the whole budget
 
 
@@ -360,10 +365,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.num_heads {m.num_heads} is not divisible by model.num_kv_heads {m.num_kv_heads}")
     if cfg.data.seq_len > m.max_seq_len:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
-    if (b.tokens is None) == (b.steps is None):
-        raise ConfigError("budget: give exactly one of budget.tokens or budget.steps")
-    if (b.tokens is not None and b.tokens <= 0) or (b.steps is not None and b.steps <= 0):
-        raise ConfigError("budget: the budget must be positive")
+    from pretrain.budget import budget_unit, total_steps_of  # noqa: PLC0415
+
+    unit = budget_unit(cfg)
+    amount = getattr(b, unit)
+    if not (amount > 0 and math.isfinite(amount)):
+        raise ConfigError(f"budget.{unit} must be a positive number, got {amount!r}")
     if b.global_batch_size <= 0 or b.micro_batch_size <= 0:
         raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
     if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
@@ -375,11 +382,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not one of offline, online, disabled")
     from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
-    from pretrain.budget import total_steps_of  # noqa: PLC0415
 
-    total = cfg.budget.steps
-    if total is None and cfg.budget.tokens is not None:
-        total = total_steps_of(cfg)
+    total = total_steps_of(cfg)
     try:
         schedules.validate(cfg.schedule.name, total_steps=total, **cfg.schedule.kwargs())
     except (KeyError, TypeError, ValueError) as e:
