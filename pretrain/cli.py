@@ -31,7 +31,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from pretrain.branching import run_plan
     from pretrain.config import load_config
 
-    run_plan(load_config(args.config, args.overrides), mode=args.mode)
+    run_plan(load_config(args.config, args.overrides), mode=args.mode, predict=args.predict)
     return 0
 
 
@@ -132,24 +132,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     target = lr_curve(load_config(args.schedule), label=args.schedule)
     try:
-        pred = predict_run(args.metrics, target.lrs, actual=args.actual, lam=args.lam,
+        pred = predict_run(args.metrics, target.lrs, law=args.law, actual=args.actual, lam=args.lam,
                            fit_from=args.fit_from, final_window=args.final_window)
-    except ValueError as e:  # MetricsError, or too few points to fit
+    except ValueError as e:  # MetricsError, FitError (too short, annealing not identifiable)
         print(f"pretrain predict: {e}", file=sys.stderr)
         return 2
-    p = pred.params
     skipped = {k: v for k, v in pred.fit_report.items() if v}
-    print(f"fitted on {args.metrics}: {len(pred.fit_steps)} logged steps" + (f" (report: {skipped})" if skipped else ""))
-    print(f"  L0={p.L0:.4f} A={p.A:.4f} alpha={p.alpha:.4f} C={p.C:.6f} lam={p.lam} "
-          f"(eta = lr / {p.lr_ref:g})  rmse(log L)={p.rmse_log:.4f}")
+    print(f"fitted on {', '.join(args.metrics)}: {sum(len(f[1]) for f in pred.fits)} logged steps"
+          + (f" (report: {skipped})" if skipped else ""))
+    print(f"  {pred.params.describe()}")
     print(f"predicted final loss for {args.schedule} ({target.schedule}, {len(target.lrs)} steps): {pred.predicted_final:.4f}")
     if pred.actual_final is not None:
         print(f"actual final loss (mean of last {args.final_window} logged, {args.actual}): {pred.actual_final:.4f}  "
               f"predicted there: {pred.predicted_at_actual:.4f}  error: {100 * pred.relative_error:+.2f}%")
     if args.plot:
-        path = plot_prediction(args.plot, fit_steps=pred.fit_steps, fit_losses=pred.fit_losses, fitted=pred.fitted,
-                               predicted=pred.predicted, actual_steps=pred.actual_steps,
-                               actual_losses=pred.actual_losses, labels=(str(args.metrics), args.schedule))
+        path = plot_prediction(args.plot, fits=pred.fits, predicted=pred.predicted, actual_steps=pred.actual_steps,
+                               actual_losses=pred.actual_losses, label=args.schedule, law=args.law)
         print(f"wrote {path}")
     return 0
 
@@ -181,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*")
     pl.add_argument("--mode", choices=["wsd", "wsds"], default="wsd",
                     help="wsd: branch off one main run; wsds: continue the main run from each decayed model (WSD-S)")
+    pl.add_argument("--predict", nargs="?", const="mpl", choices=["tissue", "mpl"],
+                    help="print each budget's predicted final loss before its decay trains, and the actual after "
+                         "(law: mpl, the default, or tissue)")
     pl.set_defaults(func=_cmd_plan)
 
     bu = sub.add_parser("budget", help="plan a compute budget: model size, tokens (one epoch at most), shape, config")
@@ -230,12 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="override the budget: total optimizer steps for every config")
     s.set_defaults(func=_cmd_schedule)
 
-    pr = sub.add_parser("predict", help="fit the LR-annealing loss law on a run and predict another schedule")
-    pr.add_argument("--metrics", required=True, help="metrics.jsonl of the finished run to fit")
+    pr = sub.add_parser("predict", help="fit a loss law on one or two runs and predict another schedule")
+    pr.add_argument("--metrics", required=True, nargs="+",
+                    help="metrics.jsonl of the run(s) to fit (LRs from the config.yaml beside each, if there)")
+    pr.add_argument("--law", default="tissue", choices=["tissue", "mpl"],
+                    help="tissue: LR-annealing law (Tissue et al. 2024); mpl: multi-power law (Luo et al. 2025)")
     pr.add_argument("--schedule", required=True, metavar="YAML", help="training config whose schedule/budget to predict")
     pr.add_argument("--actual", metavar="JSONL", help="metrics.jsonl of that run, to report the prediction error")
     pr.add_argument("--plot", metavar="PNG", help="write fitted, predicted (and actual) curves here")
-    pr.add_argument("--lam", type=float, default=0.999, help="annealing-momentum decay lambda (default 0.999)")
+    pr.add_argument("--lam", type=float, default=0.999, help="tissue: annealing-momentum decay lambda (default 0.999)")
     pr.add_argument("--fit-from", type=int, help="first step used in the fit (default: end of warm-up)")
     pr.add_argument("--final-window", type=int, default=10, help="logged losses averaged for the final loss")
     pr.set_defaults(func=_cmd_predict)
