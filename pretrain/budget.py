@@ -70,8 +70,7 @@ def to_steps(cfg: TrainConfig, amount: float) -> int:
         steps, step_size = int(amount) // per, f"{per} tokens"
     else:
         step_flops = flops_per_token_of(cfg) * per
-        # a relative 1e-12 forgives float round-off in a budget written as an exact number of steps
-        steps, step_size = math.floor(amount / step_flops * (1 + 1e-12)), f"{step_flops:.4g} FLOPs"
+        steps, step_size = math.floor(amount / step_flops), f"{step_flops:.4g} FLOPs"
     if steps <= 0:
         raise ConfigError(
             f"budget: {amount:g} {unit} is less than one optimizer step ({step_size}: budget.global_batch_size "
