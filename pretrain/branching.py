@@ -200,6 +200,9 @@ class PlanPredictor:
                       prediction_params=params.to_dict())
         print(f"[predict] budget {p.budget:,} ({p.steps} steps): predicted final train loss "
               f"{fields['predicted_final_loss']:.4f} ({self.law} law fitted on {names})", flush=True)
+        if params.note:
+            fields["prediction_note"] = params.note
+            print(f"[predict] budget {p.budget:,}: note: {params.note}", flush=True)
         return fields
 
     def after(self, p: BudgetPoint, row: dict) -> None:

@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*")
     pl.add_argument("--mode", choices=["wsd", "wsds"], default="wsd",
                     help="wsd: branch off one main run; wsds: continue the main run from each decayed model (WSD-S)")
-    pl.add_argument("--predict", nargs="?", const="mpl", choices=["tissue", "mpl"],
+    pl.add_argument("--predict", nargs="?", const="tissue", choices=["tissue", "mpl"],
                     help="print each budget's predicted final loss before its decay trains, and the actual after "
-                         "(law: mpl, the default, or tissue)")
+                         "(law: tissue, the default: it did best on a plan's main run + first branch in "
+                         "docs/RESULTS.md (d); or mpl)")
     pl.set_defaults(func=_cmd_plan)
 
     bu = sub.add_parser("budget", help="plan a compute budget: model size, tokens (one epoch at most), shape, config")

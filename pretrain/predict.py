@@ -45,6 +45,7 @@ from scipy.signal import lfilter
 
 LAWS = ("tissue", "mpl")
 MIN_DECAY = 0.01  # a fitted run must decay its LR by at least this share of the peak to identify annealing
+MIN_GAIN = 1e-3  # a fitted annealing term that lowers the fitted runs' final loss by less than this is reported as ~0
 _MAX_CELLS = 1_000_000  # points x LR drops the multi-power law evaluates at once (memory bound of a prediction)
 # a multi-power fit costs points x LR drops per evaluation: it uses at most this many loss points per run (evenly
 # thinned) and groups of consecutive LR drops (predictions use every drop)
@@ -73,6 +74,7 @@ class LawParams:
     lr_ref: float
     rmse_log: float = float("nan")
     annealing: bool = True
+    note: str = ""  # set by the fit when its annealing term came out (near) zero
 
     law = "tissue"
     n_params = 4
@@ -82,7 +84,7 @@ class LawParams:
 
     def describe(self) -> str:
         return (f"tissue: L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} C={self.C:.6f} lam={self.lam} "
-                f"(eta = lr / {self.lr_ref:g})  rmse(log L)={self.rmse_log:.4f}")
+                f"(eta = lr / {self.lr_ref:g})  rmse(log L)={self.rmse_log:.4f}" + (f"\n  note: {self.note}" if self.note else ""))
 
 
 @dataclass
@@ -99,6 +101,7 @@ class MPLParams:
     lr_ref: float
     rmse_log: float = float("nan")
     annealing: bool = True
+    note: str = ""
 
     law = "mpl"
     n_params = 7
@@ -109,7 +112,7 @@ class MPLParams:
     def describe(self) -> str:
         return (f"mpl: L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} B={self.B:.4f} C={self.C:.4f} "
                 f"beta={self.beta:.4f} gamma={self.gamma:.4f} (eta = lr / {self.lr_ref:g})  "
-                f"rmse(log L)={self.rmse_log:.4f}")
+                f"rmse(log L)={self.rmse_log:.4f}" + (f"\n  note: {self.note}" if self.note else ""))
 
 
 Params = LawParams | MPLParams
@@ -351,9 +354,26 @@ def fit_runs(runs: list[Run], *, law: str = "tissue", lam: float = 0.999, warmup
     x = [float(v) for v in best.x]
     if law == "tissue":
         x = x + [0.0] * (4 - len(x))
-        return LawParams(L0=x[0], A=x[1], alpha=x[2], C=x[3], lam=lam, lr_ref=ref, rmse_log=rmse, annealing=annealing)
-    x = x if annealing else x + [0.0, 1.0, 0.5, 0.5]
-    return MPLParams(*x, lr_ref=ref, rmse_log=rmse, annealing=annealing)
+        params = LawParams(L0=x[0], A=x[1], alpha=x[2], C=x[3], lam=lam, lr_ref=ref, rmse_log=rmse, annealing=annealing)
+    else:
+        x = x if annealing else x + [0.0, 1.0, 0.5, 0.5]
+        params = MPLParams(*x, lr_ref=ref, rmse_log=rmse, annealing=annealing)
+    if annealing:
+        gain = max(annealing_gain(params, r.lrs[:int(np.max(r.steps))]) for r in runs)
+        if gain < MIN_GAIN:
+            params.note = (f"the fitted annealing term is ~0 (the decays in the fitted runs lower the fitted loss by "
+                           f"{gain:.2%} at most): the losses show no decay gain above their noise, so every decay is "
+                           "predicted as no gain; fit on runs with longer decays or less noisy losses")
+    return params
+
+
+def annealing_gain(params: Params, lrs: np.ndarray) -> float:
+    """The share of the loss the annealing term removes at the end of a run with per-step LRs ``lrs``."""
+    from dataclasses import replace
+
+    off = replace(params, C=0.0) if isinstance(params, LawParams) else replace(params, B=0.0)
+    full, flat = predict(params, lrs)[-1], predict(off, lrs)[-1]
+    return float((flat - full) / flat)
 
 
 def fit(steps: np.ndarray, losses: np.ndarray, lrs: np.ndarray, *, law: str = "tissue", lam: float = 0.999,

@@ -231,3 +231,15 @@ def test_cli_predict_law_mpl_and_refusals(tmp_path, capsys):
     _write_metrics(tmp_path / "short.jsonl", steps[:35], np.ones(35), lrs[:35])  # steps 30-35: 6 points from the peak on
     assert main(["predict", "--metrics", str(tmp_path / "short.jsonl"), "--schedule", str(cfg)]) == 2
     assert "too short to fit: 6 usable loss points" in capsys.readouterr().err
+
+
+def test_a_fit_whose_annealing_term_vanishes_says_so():
+    """Runs that decay but whose losses show no gain from it: the fit says its annealing term is ~0 rather
+    than let a prediction of a decay pass for one that was learned."""
+    from dataclasses import replace
+
+    lrs = _lrs(**WSD)
+    steps = np.arange(1, TOTAL + 1)
+    fp = P.fit(steps, P.predict(replace(TRUE, C=0.0), lrs), lrs)
+    assert "annealing term is ~0" in fp.note and "note:" in fp.describe()
+    assert P.fit(steps, P.predict(TRUE, lrs), lrs).note == ""

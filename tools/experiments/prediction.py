@@ -214,6 +214,7 @@ def summary_rows(results: dict, budgets: tuple[int, ...], law: str, lam: float |
         law_txt = (f"L0={p['L0']:.3f} A={p['A']:.3f} α={p['alpha']:.3f} C={p['C']:.4f}" if law == "tissue" else
                    f"L0={p['L0']:.3f} A={p['A']:.3f} α={p['alpha']:.3f} B={p['B']:.3f} C={p['C']:.3g} "
                    f"β={p['beta']:.3f} γ={p['gamma']:.3f}")
+        law_txt += " (annealing fitted as ~0)" if p.get("note") else ""
         out.append([name, law + (f" λ={lam:g}" if lam is not None else ""),
                     f"{100 * np.mean(same):.2f}%" if same else "—", f"{100 * np.mean(other):.2f}%" if other else "—",
                     f"{100 * max(abs(r['rel_error']) for r in rows):.2f}%" if rows else "—",
