@@ -89,8 +89,8 @@ def _cmd_budget(args: argparse.Namespace) -> int:
             print(f"wrote {args.write_config}: {b['tokens']:,} tokens in {b['tokens'] // (b['global_batch_size'] * args.seq_len):,} "
                   f"steps of {b['global_batch_size']} x {args.seq_len} tokens; WSD, 1-sqrt decay over the last "
                   f"{args.decay_fraction:.0%} of each budget; budget.budgets {b['budgets']} "
-                  f"(train all with `pretrain plan {args.write_config}`"
-                  + ("" if args.manifest else " data.manifest=PATH") + ")")
+                  f"(train all with `pretrain plan {args.write_config}"
+                  + ("" if args.manifest else " data.manifest=PATH") + "`)")
     return 0
 
 

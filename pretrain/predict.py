@@ -61,8 +61,19 @@ class FitError(ValueError):
     """Runs a law cannot be fitted on (too few points, annealing not identifiable); the message says why."""
 
 
+class _Fitted:
+    """What both fitted laws share: a plain-data view and a one-line description (with the fit's note)."""
+
+    def to_dict(self) -> dict:
+        return {"law": self.law, **asdict(self)}
+
+    def describe(self) -> str:
+        return (f"{self.law}: {self._terms()} (eta = lr / {self.lr_ref:g})  rmse(log L)={self.rmse_log:.4f}"
+                + (f"\n  note: {self.note}" if self.note else ""))
+
+
 @dataclass
-class LawParams:
+class LawParams(_Fitted):
     """Fitted LR-annealing law (tissue); ``lr_ref`` is the LR that eta = 1 stands for, ``rmse_log`` the fit's
     RMSE on log L. ``annealing=False``: fitted without the annealing term (C fixed at 0)."""
 
@@ -79,16 +90,12 @@ class LawParams:
     law = "tissue"
     n_params = 4
 
-    def to_dict(self) -> dict:
-        return {"law": self.law, **asdict(self)}
-
-    def describe(self) -> str:
-        return (f"tissue: L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} C={self.C:.6f} lam={self.lam} "
-                f"(eta = lr / {self.lr_ref:g})  rmse(log L)={self.rmse_log:.4f}" + (f"\n  note: {self.note}" if self.note else ""))
+    def _terms(self) -> str:
+        return f"L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} C={self.C:.6f} lam={self.lam}"
 
 
 @dataclass
-class MPLParams:
+class MPLParams(_Fitted):
     """Fitted multi-power law; ``annealing=False``: fitted without the loss-drop term (B fixed at 0)."""
 
     L0: float
@@ -106,13 +113,9 @@ class MPLParams:
     law = "mpl"
     n_params = 7
 
-    def to_dict(self) -> dict:
-        return {"law": self.law, **asdict(self)}
-
-    def describe(self) -> str:
-        return (f"mpl: L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} B={self.B:.4f} C={self.C:.4f} "
-                f"beta={self.beta:.4f} gamma={self.gamma:.4f} (eta = lr / {self.lr_ref:g})  "
-                f"rmse(log L)={self.rmse_log:.4f}" + (f"\n  note: {self.note}" if self.note else ""))
+    def _terms(self) -> str:
+        return (f"L0={self.L0:.4f} A={self.A:.4f} alpha={self.alpha:.4f} B={self.B:.4f} C={self.C:.4f} "
+                f"beta={self.beta:.4f} gamma={self.gamma:.4f}")
 
 
 Params = LawParams | MPLParams
