@@ -144,3 +144,16 @@ def _check_predictions(report, out, mode, root):
     assert third["predicted_final_loss"] == pytest.approx(np.mean(predict(LawParams(**params), history)[-10:]))
     assert "pred. train" in out and f"{100 * third['prediction_error']:+.2f}%" in out
     assert (root / "plan.png").read_bytes()[:4] == b"\x89PNG" and report["plot"].endswith("plan.png")
+
+
+def test_plan_cli_predict_flag():
+    from pretrain.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["plan", "c.yaml"]).predict is None
+    assert parse(["plan", "c.yaml", "--predict"]).predict == "tissue"
+    assert parse(["plan", "c.yaml", "--predict", "mpl"]).predict == "mpl"
+    with pytest.raises(ConfigError, match="unknown law 'nope'"):
+        run_plan(from_dict(base_config("m.json", "r", budget={"steps": 24, "budgets": [8, 24]},
+                                       schedule={**WSD, "decay_steps": None, "decay_fraction": 0.25}, model={"vocab_size": 512})),
+                 predict="nope")
