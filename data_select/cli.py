@@ -24,20 +24,42 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--full", action="store_true", help="every source, no per-domain cap (>= 300 MB; default: small, a few MB)")
     c.add_argument("--cache", default=None, help="download/unpack cache (default: ~/.cache/budgetlm/corpus)")
     c.add_argument("--domains", default=None, help="comma-separated subset of domains (default: all)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--allow-partial", action="store_true",
+                   help="keep a build with missing domains and exit 0 (default: exit 1 after its summary)")
+    g.add_argument("--fallback", metavar="DIR", default=None,
+                   help="when the Debian corpus cannot be built completely, use the complete corpus in DIR "
+                        "(e.g. the committed sample tests/fixtures/corpus) and say so")
     c.set_defaults(func=cmd_corpus)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from data_select.corpus import CorpusError, build_corpus, summary_table
+    from data_select.corpus import CorpusError, build_corpus, build_or_fallback, status_line, summary_table
 
-    domains = args.domains.split(",") if args.domains else None
+    kw = dict(size="full" if args.full else "small", cache_dir=args.cache,
+              domains=args.domains.split(",") if args.domains else None)
     try:
-        manifest = build_corpus(args.out, size="full" if args.full else "small", cache_dir=args.cache, domains=domains)
+        manifest = build_or_fallback(args.out, fallback=args.fallback, **kw) if args.fallback else build_corpus(args.out, **kw)
     except CorpusError as e:
         raise UsageError(str(e)) from None
+    if "fallback" in manifest:
+        print(f"corpus: {status_line(manifest)} -> {args.out}")
+        return 0
     print(summary_table(manifest))
     print(f"corpus: {args.out} ({manifest['size']}, built in {manifest['elapsed_s']} s)")
+    if manifest["status"] == "partial" and not args.allow_partial:
+        print(f"data-select: error: {args.out} is a partial corpus (reasons above and in {args.out}/corpus.json); "
+              "pass --allow-partial to use it anyway, or --fallback DIR to use a complete corpus instead", file=sys.stderr)
+        return 1
     return 0
+
+
+def _warn_if_partial(inputs: list[str]) -> None:
+    """A step reading a partial corpus says so before it starts."""
+    from data_select.corpus import partial_corpus_notes
+
+    for note in partial_corpus_notes(inputs):
+        print(f"data-select: warning: {note}", file=sys.stderr)
 
 
 def _add_reader_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +90,7 @@ def _add_tokenize_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from data_select.tokenize import tokenize_corpus
 
+    _warn_if_partial(args.inputs)
     m = tokenize_corpus(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                         val_fraction=args.val_fraction, seed=args.seed, selection=args.selection,
                         text_field=args.text_field, domain_field=args.domain_field or None, id_field=args.id_field,
@@ -78,6 +101,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(f"documents: {src['documents']} (train {sp['train']['documents']}, val {sp['val']['documents']})")
     print(f"tokens: train {sp['train']['tokens']:,}, val {sp['val']['tokens']:,} ({m['dtype']}, vocab {m['tokenizer']['vocab_size']})")
     print(f"rejected: {rejected}")
+    print(f"input: {src['read'] + sum(src['rejected'].values()):,} = {src['documents']:,} tokenized + "
+          f"{src['not_selected']:,} not selected + {sum(src['rejected'].values()):,} rejected")
     for name, d in m["domains"].items():
         print(f"  {name}: {d['documents']} documents, {d['tokens']:,} tokens")
     print(f"manifest: {args.out}/manifest.json (fingerprint {m['fingerprint'][:16]})")
@@ -112,6 +137,11 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dedup-threshold", type=float, default=0.95, help="cosine at or above which a file is a duplicate")
     s.add_argument("--target", default=None, help="dsir: a domain of the pool, or a file/glob of target texts")
+    s.add_argument("--disf-variant", default="exact", choices=["exact", "released"],
+                   help="exact (default): the paper's score, shuffled batches, every file; released: the published "
+                        "DiSF script (float32, epsilon, lowest-index ties, contiguous full batches)")
+    s.add_argument("--disf-processes", type=int, default=1,
+                   help="released: contiguous ranges the pool is split into, as the script's cpu_count() (default 1)")
     s.add_argument("--workers", type=int, default=1, help="processes for DiSF batches")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_select)
@@ -148,6 +178,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise UsageError("embed: give at least one INPUT (or --merge)")
+        _warn_if_partial(args.inputs)
         meta = embed_corpus(args.inputs, args.out, encoder=args.encoder, dim=args.dim, batch_size=args.batch_size,
                             max_tokens=args.max_tokens, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, workers=args.workers,
@@ -156,7 +187,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"rank {meta['rank']}: {meta['n']:,} documents embedded into {args.out}/rank-{meta['rank']:05d}")
         return 0
     print(f"embedded {meta['n']:,} documents with {meta['encoder']} ({meta['dim']}-d, {meta['max_tokens']} tokens) "
-          f"-> {args.out}; rejected {meta['rejected_total']:,} {(meta['rejected'] or {}).get('counts', '')}")
+          f"-> {args.out}; rejected {meta['rejected_total']:,} {(meta['rejected'] or {}).get('counts', '')} "
+          f"(input {meta['n'] + meta['rejected_total']:,})")
     return 0
 
 
@@ -165,7 +197,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     rec = select_features(args.features, args.out, method=args.method, ratio=args.ratio, k_per_batch=args.k_per_batch,
                           batch_size=args.batch_size, seed=args.seed, dedup_threshold=args.dedup_threshold,
-                          target=args.target, workers=args.workers, progress=not args.no_progress)
+                          target=args.target, disf_variant=args.disf_variant, disf_processes=args.disf_processes,
+                          workers=args.workers, progress=not args.no_progress)
     c = rec["counts"]
     print(f"{rec['method']}: selected {c['selected']:,} of {c['input']:,} documents "
           f"({c['deduplicated']:,} deduplicated) -> {args.out}/selection.jsonl")
@@ -184,7 +217,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from data_select.pipeline import load_run_config, run
 
-    res = run(load_run_config(args.config, args.overrides))
+    cfg = load_run_config(args.config, args.overrides)
+    _warn_if_partial(cfg.inputs)
+    res = run(cfg)
     c = res["select"]["counts"]
     print(f"features: {res['features']['n']:,} documents ({res['features']['encoder']})")
     print(f"selection ({res['select']['method']}): {c['selected']:,} of {c['input']:,}")

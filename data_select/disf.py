@@ -26,6 +26,37 @@ exact arithmetic, and the two methods round differently; best + d bounds ‖C‖
 the rounding error); among tied candidates the one earliest in a seeded random priority order
 wins. Both methods share that rule, so they pick identically.
 
+Two variants (``variant=``, CLI ``--disf-variant``, YAML ``select.disf_variant``):
+
+- ``exact`` (default): everything above: float64, the paper's z-score (constant columns z = 0),
+  the tolerance/seeded-priority tie rule, the pool shuffled with ``seed`` before it is cut into
+  batches, a last partial batch given its proportional share of picks.
+- ``released``: what the published selection script (MediaBrain-SJTU/DiSF, select_disf.py) does,
+  as the project's method notes (PAPERS.md) record it. It differs from ``exact`` in exactly these places:
+  1. precision: features stay float32 and every step of the score is float32;
+  2. standardisation: z = (x − mean) / sqrt(1e-8 + var) with var of ddof 1 — the epsilon shrinks
+     the z-score of a dimension whose values nearly agree, so at n = 2 (where ``exact`` sees a
+     pure tie) the second pick is the candidate closest to the first file in some dimension;
+  3. score: divided by 10000, and 10000 is also the "no candidate yet" bound, so a candidate is
+     taken only if its score is below it (always, for d ≤ 10000; above that it is an error);
+  4. ties: candidates are scanned in index order and replace the best only if strictly lower,
+     so the lowest index wins and float32 rounding, not a seed, settles near-ties;
+  5. batches: no shuffle; ``processes`` contiguous ranges of floor(n / processes) files (the
+     script uses ``cpu_count()``), each cut into consecutive full batches of ``batch_size``;
+     files past the last full batch of a range, and past processes·floor(n / processes), are
+     never considered;
+  6. first pick: uniform in the batch like the script's ``random.randint(0, batch_size − 1)``,
+     but drawn from ``numpy.random.default_rng([seed, batch_id])`` (batch_id = position in the
+     plan) instead of unseeded Python ``random``, so a run can be repeated.
+  Picks are those of the released loops up to float32 rounding: where two candidates' scores
+  agree within float32 rounding the order of summation decides, here as between two GPUs.
+
+``exact`` is the default because its choices depend on the features only: no epsilon bias toward
+files that copy the first pick in one dimension, no rounding or file-order effects, every file of
+the pool considered (the released layout silently drops up to processes·batch_size files and
+batches files in storage order, so one batch may hold a single domain), and the same selection on
+every machine (the released layout depends on the selecting machine's CPU count).
+
 Distributed use: :func:`batch_plan` is a pure function of (n, batch_size, seed) and each batch's
 random start depends only on (seed, batch_id), so under torchrun rank r may run
 ``select_batches(features, plan, range(r, len(plan), world), ...)`` and the union of all ranks'
@@ -40,6 +71,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 TIE_RTOL = 1e-9
+VARIANTS = ("exact", "released")
+RELEASED_EPS = 1e-8  # the released script's epsilon under the square root of the variance
+RELEASED_SCALE = 10000.0  # its score divisor, and the initial "best score" every pick must beat
+_RELEASED_CHUNK = 1 << 22  # float32 values per candidate chunk (16 MiB per buffer)
 
 
 class DisfError(ValueError):
@@ -209,10 +244,68 @@ def greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, tie_seed
     return picked
 
 
-def batch_plan(n: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Shuffle the pool with ``seed`` and cut it into batches; the last may be partial."""
+def released_scores(x: np.ndarray, picked: list[int]) -> np.ndarray:
+    """The released score of ``picked + [c]`` for every row c of float32 ``x``, in float32.
+
+    Per set U (n rows): z = (U − mean) / sqrt(1e-8 + var_ddof1), score = Σ_{i≠j} (zᵀz/(n−1))_ij²
+    / 10000, computed through the n×n Gram matrix G = zzᵀ (Σ_ij (zᵀz)_ij² = Σ_ab G_ab², minus the
+    diagonal Σ_j (Σ_a z_aj²)²) for all candidates at once. Entries of rows in ``picked`` are
+    meaningless; callers mask them.
+    """
+    rows, d = x.shape
+    s = x[picked]
+    n = len(picked) + 1
+    eps = np.float32(RELEASED_EPS)
+    out = np.empty(rows, dtype=np.float32)
+    step = max(1, _RELEASED_CHUNK // (n * d))
+    for lo in range(0, rows, step):
+        c = x[lo:lo + step]
+        u = np.concatenate([np.broadcast_to(s, (len(c), n - 1, d)), c[:, None, :]], axis=1)  # (chunk, n, d)
+        u = u - u.mean(axis=1, keepdims=True, dtype=np.float32)
+        var = (u * u).sum(axis=1, keepdims=True, dtype=np.float32) / np.float32(n - 1)
+        u /= np.sqrt(eps + var)
+        g = np.matmul(u, u.transpose(0, 2, 1))
+        diag = (u * u).sum(axis=1, dtype=np.float32)
+        total = (g * g).sum(axis=(1, 2), dtype=np.float32) - (diag * diag).sum(axis=1, dtype=np.float32)
+        out[lo:lo + step] = total / np.float32((n - 1) ** 2) / np.float32(RELEASED_SCALE)
+    return out
+
+
+def released_greedy(features: np.ndarray, k: int, first: int) -> list[int]:
+    """The released greedy in one batch: start at ``first``; each pick is the first candidate (in
+    index order) with the lowest float32 score, which must be below 10000."""
+    x = np.asarray(features, dtype=np.float32)
+    _, picked = _check(x, k, (first,))
+    for _ in range(k - 1):
+        scores = released_scores(x, picked)
+        scores[picked] = np.inf
+        c = int(np.argmin(scores))  # the first minimum: a strict '<' scan in index order
+        if not scores[c] < RELEASED_SCALE:
+            raise DisfError(f"released DiSF: no candidate scores below {RELEASED_SCALE:g} (d = {x.shape[1]} > 10000); "
+                            "the released script would record index -1 here: use the exact variant")
+        picked.append(c)
+    return picked
+
+
+def released_plan(n: int, batch_size: int, processes: int) -> list[np.ndarray]:
+    """The released script's batches: ``processes`` contiguous ranges of floor(n / processes)
+    files, each cut into consecutive full batches; the rest of the pool is never considered."""
+    if processes < 1:
+        raise DisfError(f"processes must be >= 1, got {processes}")
+    per = n // processes
+    return [np.arange(p * per + i * batch_size, p * per + (i + 1) * batch_size)
+            for p in range(processes) for i in range(per // batch_size)]
+
+
+def batch_plan(n: int, batch_size: int, seed: int, *, variant: str = "exact", processes: int = 1) -> list[np.ndarray]:
+    """The batches of a pool of n: ``exact`` shuffles with ``seed`` and cuts (the last may be
+    partial); ``released`` is :func:`released_plan`."""
     if batch_size < 1:
         raise DisfError(f"batch_size must be >= 1, got {batch_size}")
+    if variant not in VARIANTS:
+        raise DisfError(f"unknown DiSF variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "released":
+        return released_plan(n, batch_size, processes)
     perm = np.random.default_rng(seed).permutation(n)
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
@@ -234,7 +327,8 @@ def batch_k(batch_len: int, *, batch_size: int, k_per_batch: int | None = None, 
     return int(min(batch_len, max(1, k)))
 
 
-def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: int, batch_id: int) -> np.ndarray:
+def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: int, batch_id: int,
+                 variant: str = "exact") -> np.ndarray:
     """Greedy DiSF inside one batch; returns pool indices in pick order.
 
     The random start and the tie order depend only on (seed, batch_id), never on which worker
@@ -246,10 +340,12 @@ def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: in
     rng = np.random.default_rng([seed, batch_id])
     start = int(rng.integers(len(pool_idx)))
     tie_seed = int(rng.integers(2**63 - 1))
-    x = np.asarray(features[pool_idx], dtype=np.float64)
+    x = np.asarray(features[pool_idx], dtype=np.float32 if variant == "released" else np.float64)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise DisfError(f"features hold NaN/inf at row {int(pool_idx[np.argmax(bad)])} (batch {batch_id})")
+    if variant == "released":
+        return pool_idx[released_greedy(x, k, start)]
     return pool_idx[greedy(x, k, (start,), tie_seed=tie_seed)]
 
 
@@ -262,6 +358,7 @@ def select_batches(
     ratio: float | None = None,
     batch_size: int = 1024,
     seed: int = 0,
+    variant: str = "exact",
     progress: bool = False,
 ) -> dict[int, np.ndarray]:
     """Run the batches ``batch_ids`` of ``plan`` (e.g. ``range(rank, len(plan), world)``)."""
@@ -269,7 +366,7 @@ def select_batches(
     out = {}
     for b in tqdm(ids, desc="DiSF batches", disable=not progress):
         k = batch_k(len(plan[b]), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio)
-        out[b] = select_batch(features, plan[b], k, seed=seed, batch_id=b)
+        out[b] = select_batch(features, plan[b], k, seed=seed, batch_id=b, variant=variant)
     return out
 
 
@@ -299,8 +396,8 @@ def _init_worker(features: np.ndarray) -> None:
 
 
 def _worker_batch(job: tuple) -> tuple[int, np.ndarray]:
-    b, pool_idx, k, seed = job
-    return b, select_batch(_WORKER_FEATURES, pool_idx, k, seed=seed, batch_id=b)
+    b, pool_idx, k, seed, variant = job
+    return b, select_batch(_WORKER_FEATURES, pool_idx, k, seed=seed, batch_id=b, variant=variant)
 
 
 def select(
@@ -310,24 +407,33 @@ def select(
     ratio: float | None = None,
     batch_size: int = 1024,
     seed: int = 0,
+    variant: str = "exact",
+    processes: int = 1,
     workers: int = 1,
     progress: bool = False,
 ) -> np.ndarray:
     """DiSF selection over a whole pool: indices into ``features``, by batch then pick order.
 
-    Unlike the released code, the last partial batch is not dropped: it gets its proportional
-    share (see :func:`batch_k`). The result does not depend on ``workers``.
+    ``exact``: unlike the released code, the last partial batch is not dropped: it gets its
+    proportional share (see :func:`batch_k`). ``released``: the released script's layout over
+    ``processes`` ranges and its scoring (module docstring). The result does not depend on
+    ``workers``.
     """
     if getattr(features, "ndim", None) != 2:
         raise DisfError(f"features must be a 2-D (files, dims) array, got shape {getattr(features, 'shape', None)}")
-    plan = batch_plan(features.shape[0], batch_size, seed)
+    n = features.shape[0]
+    plan = batch_plan(n, batch_size, seed, variant=variant, processes=processes)
+    if not plan:
+        raise DisfError(f"released DiSF reads only full batches of {batch_size} inside {processes} range(s) of "
+                        f"floor({n} / {processes}) = {n // processes} files: this pool has none; lower batch_size "
+                        "or processes, or use the exact variant")
     ks = [batch_k(len(p), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for p in plan]
     if workers <= 1 or len(plan) <= 1:
         res = select_batches(features, plan, range(len(plan)), k_per_batch=k_per_batch, ratio=ratio,
-                             batch_size=batch_size, seed=seed, progress=progress)
+                             batch_size=batch_size, seed=seed, variant=variant, progress=progress)
         return merge_batches([res])
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    jobs = [(b, plan[b], ks[b], seed) for b in range(len(plan))]
+    jobs = [(b, plan[b], ks[b], seed, variant) for b in range(len(plan))]
     res = {}
     with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(features,)) as pool:
         it = pool.imap_unordered(_worker_batch, jobs, chunksize=max(1, len(jobs) // (workers * 16)))

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from data_select.errors import DataSelectError
 from data_select.io import atomic_write_json, sha256_file
-from data_select.sources import Rejections, iter_documents, list_files
+from data_select.sources import Rejections, input_fingerprint, iter_documents
 
 FORMAT = "budgetlm-features/1"
 META = "features.json"
@@ -259,11 +259,6 @@ def _env_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _input_files(inputs: list[str]) -> list[dict]:
-    return [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size if Path(p).is_file() else None}
-            for p in list_files(inputs)]
-
-
 def _windows(docs: Iterator, size: int) -> Iterator[list]:
     while True:
         chunk = list(islice(docs, size))
@@ -322,7 +317,7 @@ def embed_corpus(
     enc = get_encoder(encoder, max_tokens=max_tokens, dim=dim, threads=workers)
     settings = {
         "encoder": enc.name, "dim": enc.dim, "max_tokens": enc.max_tokens, "inputs": inputs,
-        "input_files": _input_files(inputs), "text_field": text_field, "domain_field": domain_field,
+        "input_files": input_fingerprint(inputs), "text_field": text_field, "domain_field": domain_field,
         "id_field": id_field, "domain_from_dir": domain_from_dir, "max_doc_bytes": max_doc_bytes,
         "rank": rank, "world_size": world_size,
     }

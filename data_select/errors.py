@@ -12,3 +12,27 @@ class UsageError(DataSelectError):
 
 class NoDocumentsError(DataSelectError):
     """The inputs held no usable document at all (the message carries the rejection counts)."""
+
+
+class InputFileError(DataSelectError):
+    """One input file cannot be read; the reader counts it under :attr:`reason` and goes on."""
+
+    reason = "unreadable"
+
+
+class CorruptInput(InputFileError):
+    """A broken compressed stream or container (the rest of that file is lost)."""
+
+    reason = "corrupt"
+
+
+class SpecialFile(InputFileError):
+    """A FIFO, socket or device: never opened, whatever its name."""
+
+    reason = "special_file"
+
+
+class UnsupportedFormat(InputFileError):
+    """A format the reader does not read (archive, other compressor, binary data format)."""
+
+    reason = "unsupported_format"

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from data_select import baselines, disf, spectrum
-from data_select.embed import _input_files, embed_corpus, load_features
+from data_select.embed import embed_corpus, load_features
 from data_select.io import atomic_write_json, atomic_write_lines, read_selection_ids, sha256_file
 from data_select.errors import DataSelectError, UsageError
 
@@ -62,20 +62,21 @@ def _read_json(path: Path) -> dict | None:
 # --------------------------------------------------------------------------- selection
 
 
-def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batch_size: int, seed: int) -> int:
+def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batch_size: int, seed: int,
+                   disf_variant: str = "exact", disf_processes: int = 1) -> int:
     """Files DiSF would pick from a pool of n (sum over its batches); baselines pick as many."""
-    plan = disf.batch_plan(n, batch_size, seed)
+    plan = disf.batch_plan(n, batch_size, seed, variant=disf_variant, processes=disf_processes)
     return sum(disf.batch_k(len(b), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for b in plan)
 
 
 def _dsir_texts(meta: dict, ids: list[dict], target: str | None) -> tuple[list[str], list[str]]:
     """Pool texts (re-read from the inputs the features were made from) and the target texts:
     the pool's documents of domain ``target``, else the documents of the files ``target`` names."""
-    from data_select.sources import iter_documents
+    from data_select.sources import input_fingerprint, iter_documents
 
     if not target:
         raise PipelineError("method dsir needs --target: a domain of the pool or a file/glob of target texts")
-    if _input_files(meta["inputs"]) != meta["input_files"]:
+    if input_fingerprint(meta["inputs"]) != meta["input_files"]:
         raise PipelineError(f"inputs {meta['inputs']} changed since they were embedded; re-run `data-select embed --overwrite`")
     read_kw = dict(text_field=meta["text_field"], domain_field=meta["domain_field"], id_field=meta["id_field"],
                    domain_from_dir=meta.get("domain_from_dir", False),
@@ -100,7 +101,8 @@ def _dsir_texts(meta: dict, ids: list[dict], target: str | None) -> tuple[list[s
 
 def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str = "disf",
                     ratio: float | None = None, k_per_batch: int | None = None, batch_size: int = 1024,
-                    seed: int = 0, dedup_threshold: float = 0.95, target: str | None = None, workers: int = 1,
+                    seed: int = 0, dedup_threshold: float = 0.95, target: str | None = None,
+                    disf_variant: str = "exact", disf_processes: int = 1, workers: int = 1,
                     progress: bool = True) -> dict:
     """Select documents from a features directory; writes ``selection.jsonl`` (id, source, domain,
     row, rank = pick order) and ``select.json`` (method, params, counts); returns the latter.
@@ -109,9 +111,15 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
     files as DiSF would; ``dedup`` keeps every non-duplicate; ``dedup+disf`` runs DiSF on those and
     ``dedup+random`` picks as many files as DiSF would at random among them (the baseline that separates
     dedup from DiSF).
+    ``disf_variant`` ``released`` reproduces the published DiSF script (:mod:`data_select.disf`)
+    over ``disf_processes`` contiguous ranges (the script's CPU count).
     """
     if method not in METHODS:
         raise UsageError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if disf_variant not in disf.VARIANTS:
+        raise UsageError(f"unknown DiSF variant {disf_variant!r}; choose one of {', '.join(disf.VARIANTS)}")
+    if disf_processes < 1:
+        raise UsageError(f"disf_processes must be >= 1, got {disf_processes}")
     if ratio is not None and k_per_batch is not None:
         raise UsageError("give either ratio or k_per_batch, not both")
     if ratio is None and k_per_batch is None:
@@ -125,26 +133,30 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
     params = {"ratio": ratio if sized else None, "k_per_batch": k_per_batch if sized else None,
               "batch_size": batch_size if sized else None, "seed": seed,
               "dedup_threshold": dedup_threshold if method.startswith("dedup") else None,
-              "target": target if method == "dsir" else None}
+              "target": target if method == "dsir" else None,
+              "disf_variant": disf_variant if sized else None,
+              "disf_processes": disf_processes if sized and disf_variant == "released" else None}
     size_kw = dict(ratio=ratio, k_per_batch=k_per_batch, batch_size=batch_size, seed=seed)
+    variant_kw = dict(variant=disf_variant, processes=disf_processes)
+    count_kw = dict(disf_variant=disf_variant, disf_processes=disf_processes)
     dup_of = np.full(n, -1, dtype=np.int64)
     try:
         if method.startswith("dedup"):
             keep, dup_of = baselines.dedup(feats, threshold=dedup_threshold, progress=progress)
         if method == "disf":
-            picked = disf.select(feats, **size_kw, workers=workers, progress=progress)
+            picked = disf.select(feats, **size_kw, **variant_kw, workers=workers, progress=progress)
         elif method == "random":
-            picked = baselines.random_select(n, selection_size(n, **size_kw), seed)
+            picked = baselines.random_select(n, selection_size(n, **size_kw, **count_kw), seed)
         elif method == "dsir":
             texts, target_texts = _dsir_texts(meta, ids, target)
-            picked = baselines.dsir_select(texts, target_texts, selection_size(n, **size_kw), seed=seed)
+            picked = baselines.dsir_select(texts, target_texts, selection_size(n, **size_kw, **count_kw), seed=seed)
         elif method == "dedup":
             picked = keep
         elif method == "dedup+random":
-            k = min(len(keep), selection_size(n, **size_kw))
+            k = min(len(keep), selection_size(n, **size_kw, **count_kw))
             picked = baselines.compose(keep, baselines.random_select(len(keep), k, seed))
         else:
-            sub = disf.select(np.asarray(feats[keep]), **size_kw, workers=workers, progress=progress)
+            sub = disf.select(np.asarray(feats[keep]), **size_kw, **variant_kw, workers=workers, progress=progress)
             picked = baselines.compose(keep, sub)
     except (disf.DisfError, baselines.BaselineError) as e:
         raise PipelineError(f"{method} selection on {features_dir}: {e}") from None
@@ -263,6 +275,8 @@ class SelectConfig:
     seed: int = 0
     dedup_threshold: float = 0.95
     target: str | None = None  # dsir: a domain of the pool or a file/glob of target texts
+    disf_variant: str = "exact"  # exact | released (the published DiSF script; see data_select.disf)
+    disf_processes: int = 1  # released: contiguous ranges the pool is split into (the script's cpu_count())
     workers: int = 1
 
 
@@ -373,6 +387,11 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         raise UsageError(f"config key select.method: {cfg.select.method!r} is not one of {', '.join(METHODS)}")
     if cfg.select.ratio is not None and cfg.select.k_per_batch is not None:
         raise UsageError("config keys select.ratio and select.k_per_batch: give one, not both")
+    if cfg.select.disf_variant not in disf.VARIANTS:
+        raise UsageError(f"config key select.disf_variant: {cfg.select.disf_variant!r} is not one of "
+                         f"{', '.join(disf.VARIANTS)}")
+    if cfg.select.disf_processes < 1:
+        raise UsageError(f"config key select.disf_processes: must be >= 1, got {cfg.select.disf_processes}")
     return cfg
 
 
@@ -413,7 +432,8 @@ def run(cfg: RunConfig) -> dict:
         s = cfg.select
         record = select_features(feat_dir, out, method=s.method, ratio=s.ratio, k_per_batch=s.k_per_batch,
                                  batch_size=s.batch_size, seed=s.seed, dedup_threshold=s.dedup_threshold,
-                                 target=s.target, workers=s.workers, progress=cfg.progress)
+                                 target=s.target, disf_variant=s.disf_variant, disf_processes=s.disf_processes,
+                                 workers=s.workers, progress=cfg.progress)
         finish("select", sel_key, record["counts"])
 
     result = {"out_dir": str(out), "features": emb, "select": record}

@@ -9,6 +9,7 @@ Three passes over the inputs, so memory stays bounded by one shard plus the toke
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import io
@@ -259,7 +260,7 @@ def _bounded_map(pool, chunks: Iterator[list[Document]], window: int) -> Iterato
     pending: deque = deque()
     for chunk in chunks:
         texts = [d.text for d in chunk]
-        light = [Document(d.id, "", d.source, d.domain) for d in chunk]
+        light = [dataclasses.replace(d, text="") for d in chunk]
         pending.append((light, pool.apply_async(_encode_chunk, (texts,))))
         if len(pending) >= window:
             light, res = pending.popleft()

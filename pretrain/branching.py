@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrain import checkpoint as ckpt_io
-from pretrain.budget import set_steps, to_steps, tokens_per_step
+from pretrain.budget import to_steps, tokens_per_step
 from pretrain.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
 from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase, wsd_decay_start
 from pretrain.trainer import TrainResult, train
@@ -30,7 +30,7 @@ from pretrain.trainer import TrainResult, train
 
 @dataclass
 class BudgetPoint:
-    budget: int  # in the config's budget unit
+    budget: int | float  # in the config's budget unit
     steps: int
     decay_steps: int
 
@@ -77,8 +77,8 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.checkpoint.resume = "auto"  # a re-run continues the branch; a first run starts from init.checkpoint
     cfg.checkpoint.at_steps = []
     cfg.checkpoint.save_final = True  # the finished model is the point of a branch
-    set_steps(cfg, n + decay_steps)
-    cfg.budget.budgets, cfg.budget.stop_at = [], None
+    cfg.budget.set_steps(n + decay_steps)
+    cfg.budget.stop_at = None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
     cfg.schedule.params = {"decay_steps": decay_steps, "decay_shape": shape}
@@ -115,7 +115,7 @@ def _export_main(result: TrainResult) -> None:
 def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
     budgets = cfg.budget.budgets
     if not budgets:
-        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of budget.tokens / steps / flops)")
+        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of the budget: tokens, steps, epochs or flops)")
     if any(b >= c for b, c in zip(budgets, budgets[1:])):
         raise ConfigError(f"budget.budgets must be strictly increasing, got {budgets}")
     if cfg.schedule.name != "wsd":
@@ -225,8 +225,7 @@ def _budget_lrs(cfg: TrainConfig, p: BudgetPoint):
     from pretrain.schedule_plot import lr_curve
 
     c = copy.deepcopy(cfg)
-    set_steps(c, p.steps)
-    c.budget.budgets = []
+    c.budget.set_steps(p.steps)
     c.schedule.params = {k: v for k, v in c.schedule.params.items() if k != "decay_fraction"}
     c.schedule.params["decay_steps"] = p.decay_steps
     return lr_curve(c).lrs
@@ -255,8 +254,7 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd", predict: str | None = None)
     if mode == "wsd":
         main = copy.deepcopy(cfg)
         main.run_dir = str(root / "main")
-        set_steps(main, points[-1].steps)
-        main.budget.budgets = []
+        main.budget.set_steps(points[-1].steps)
         main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
@@ -284,8 +282,7 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd", predict: str | None = None)
             fields = predictor.before(p, lrs) if predictor else {}
             seg = copy.deepcopy(cfg)
             seg.run_dir = str(root / f"budget-{p.budget}")
-            set_steps(seg, p.steps)
-            seg.budget.budgets = []
+            seg.budget.set_steps(p.steps)
             seg.schedule.params = {k: v for k, v in seg.schedule.params.items() if k != "decay_fraction"}
             seg.schedule.params["decay_steps"] = p.decay_steps
             seg.checkpoint.save_final, seg.checkpoint.resume = True, "auto"

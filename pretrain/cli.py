@@ -9,11 +9,22 @@ from pretrain.config import CONFIGS_DIR, ConfigError
 from pretrain.data import DataError
 
 
+def _print_budget(cfg) -> None:
+    """The budget as stated, in steps and tokens, once (rank 0) before any work."""
+    import os
+
+    from pretrain.budget import describe
+
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(describe(cfg)), flush=True)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
     from pretrain.trainer import train
 
     cfg = load_config(args.config, args.overrides)
+    _print_budget(cfg)
     train(cfg)
     return 0
 
@@ -31,7 +42,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from pretrain.branching import run_plan
     from pretrain.config import load_config
 
-    run_plan(load_config(args.config, args.overrides), mode=args.mode, predict=args.predict)
+    cfg = load_config(args.config, args.overrides)
+    _print_budget(cfg)
+    run_plan(cfg, mode=args.mode, predict=args.predict)
     return 0
 
 

@@ -45,6 +45,7 @@ class DataConfig:
     seq_len: int = 256
     seed: int = 0
     ledger: bool = False  # record consumed sequence ids (tests / audits)
+    order: str = "feistel"  # feistel (computed per position) | permutation (O(N) per rank; runs started before feistel)
 
 
 @dataclass
@@ -75,18 +76,34 @@ class ScheduleConfig:
 
 @dataclass
 class BudgetConfig:
-    """Training budget in tokens, optimizer steps or training FLOPs (exactly one), and the batch that spends it.
+    """Training budget in exactly one unit, and the batch that spends it.
 
-    FLOPs are counted as the trainer counts them (``pretrain.budget``: 6·N_non-embedding + 12·L·d·T per token).
+    Units (``UNITS``): ``tokens``; optimizer ``steps``; ``epochs``, a fraction in (0, 1] of one
+    epoch of the data manifest's train split, so the budget follows the data it gets and never
+    asks for a second epoch; training ``flops``, counted as the trainer counts them (6·N_non-embedding
+    + 12·L·d·T per token). ``pretrain.budget.to_steps`` turns any of them into steps.
     """
+
+    UNITS: typing.ClassVar[tuple[str, ...]] = ("tokens", "steps", "epochs", "flops")
 
     tokens: int | None = None
     steps: int | None = None
+    epochs: float | None = None
     flops: float | None = None
     global_batch_size: int = 8  # sequences per optimizer step, over all ranks
     micro_batch_size: int = 8  # sequences per forward pass on one rank
-    budgets: list[int] = field(default_factory=list)  # multi-budget plans (same unit as tokens/steps/flops)
+    budgets: list[int | float] = field(default_factory=list)  # multi-budget plans, in the unit of the budget
     stop_at: int | None = None  # optimizer step to stop at early; the schedule still spans the whole budget
+
+    def given(self) -> list[str]:
+        """The units this budget is stated in (valid configs: exactly one)."""
+        return [u for u in self.UNITS if getattr(self, u) is not None]
+
+    def set_steps(self, steps: int) -> None:
+        """Restate the budget as ``steps`` optimizer steps, clearing the other units and the plan."""
+        for unit in self.UNITS:
+            setattr(self, unit, None)
+        self.steps, self.budgets = steps, []
 
 
 @dataclass
@@ -365,29 +382,50 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.num_heads {m.num_heads} is not divisible by model.num_kv_heads {m.num_kv_heads}")
     if cfg.data.seq_len > m.max_seq_len:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
-    from pretrain.budget import budget_unit, total_steps_of  # noqa: PLC0415
-
-    unit = budget_unit(cfg)
-    amount = getattr(b, unit)
-    if not (amount > 0 and math.isfinite(amount)):
-        raise ConfigError(f"budget.{unit} must be a positive number, got {amount!r}")
-    if b.global_batch_size <= 0 or b.micro_batch_size <= 0:
-        raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
-    if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
-        raise ConfigError(f"budget.budgets must be strictly increasing, got {b.budgets}")
+    _validate_budget(b)
     if cfg.dist.engine not in ("auto", "accelerate", "deepspeed"):
         raise ConfigError(f"dist.engine: {cfg.dist.engine!r} is not one of auto, accelerate, deepspeed")
     if cfg.dist.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"dist.precision: {cfg.dist.precision!r} is not one of auto, fp32, bf16")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not one of offline, online, disabled")
-    from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
+    from pretrain.ordering import ORDERS  # noqa: PLC0415
 
-    total = total_steps_of(cfg)
+    if cfg.data.order not in ORDERS:
+        raise ConfigError(f"data.order: {cfg.data.order!r} is not one of {', '.join(ORDERS)}")
+    from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
+    from pretrain.budget import resolvable, total_steps_of  # noqa: PLC0415
+
+    # a budget stated against the data is resolved here when the data exists; otherwise the
+    # budget-dependent schedule checks wait for the run (which cannot start without the data)
+    total = total_steps_of(cfg) if resolvable(cfg) else None
     try:
         schedules.validate(cfg.schedule.name, total_steps=total, **cfg.schedule.kwargs())
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"schedule: {e}") from None
+
+
+def _validate_budget(b: BudgetConfig) -> None:
+    units = b.given()
+    if len(units) != 1:
+        named = " and ".join(f"budget.{u}" for u in units) + " are given together" if units else "no budget is given"
+        raise ConfigError(f"budget: give exactly one of {', '.join(f'budget.{u}' for u in b.UNITS)} ({named})")
+    unit = units[0]
+    if unit == "epochs":
+        if not 0 < b.epochs <= 1:
+            raise ConfigError(f"budget.epochs must be in (0, 1], a fraction of one epoch of the data (more would "
+                              f"repeat data), got {b.epochs}")
+    elif not (getattr(b, unit) > 0 and math.isfinite(getattr(b, unit))):
+        raise ConfigError(f"budget.{unit} must be positive, got {getattr(b, unit)}")
+    for i, x in enumerate(b.budgets):
+        if unit == "epochs" and not 0 < x <= 1:
+            raise ConfigError(f"budget.budgets[{i}]: {x} is not a fraction of one epoch in (0, 1] (budget.epochs is set)")
+        if unit != "epochs" and (not float(x).is_integer() or x <= 0):
+            raise ConfigError(f"budget.budgets[{i}]: {x} is not a positive whole number of {unit} (budget.{unit} is set)")
+    if b.global_batch_size <= 0 or b.micro_batch_size <= 0:
+        raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
+    if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
+        raise ConfigError(f"budget.budgets must be strictly increasing, got {b.budgets}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -107,7 +107,8 @@ class Trainer:
         self.accum_steps = b.global_batch_size // (b.micro_batch_size * world)
         # One-epoch check before any process group or model exists: fail fast and cheaply.
         probe = OneEpochLoader(self.data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
-                               micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed)
+                               micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed,
+                               order=cfg.data.order)
         probe.check_budget(self.total_steps)
         del probe
         if self.data.num_sequences("val", cfg.data.seq_len) == 0:
@@ -131,7 +132,8 @@ class Trainer:
         ledger = self.run_dir / "ledger" / f"rank-{self.rank:05d}.jsonl" if cfg.data.ledger else None
         self.loader = OneEpochLoader(data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
                                      micro_batch_size=b.micro_batch_size, rank=self.rank,
-                                     world_size=self.world_size, seed=cfg.data.seed, ledger_path=ledger)
+                                     world_size=self.world_size, seed=cfg.data.seed, order=cfg.data.order,
+                                     ledger_path=ledger)
         self.step = 0
         self.last_eval_step = -1
         self.last_ckpt_step = -1

@@ -46,6 +46,33 @@ def write_manifest(out: Path, *, train_tokens: int = 60_000, val_tokens: int = 4
     return out / "manifest.json"
 
 
+def write_sparse_manifest(out: Path, train_tokens: int, shard_tokens: int, vocab: int = 32000,
+                          val_tokens: int = 65536) -> Path:
+    """A manifest of sparse uint16 shards: a .npy header, then the file truncated to its full size.
+
+    Reads return zeros and no disk is used (3T tokens: 6 TB of address space, ~9 MB of manifest).
+    """
+    out.mkdir(parents=True)
+    splits = {}
+    for split, total in (("train", train_tokens), ("val", val_tokens)):
+        shards = []
+        for i, lo in enumerate(range(0, total, shard_tokens)):
+            n = min(shard_tokens, total - lo)
+            name = f"{split}-{i:05d}.npy"
+            with open(out / name, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<u2", "fortran_order": False, "shape": (n,)})
+                f.truncate(f.tell() + 2 * n)
+            shards.append({"path": name, "tokens": n, "documents": n // 1000,
+                           "sha256": hashlib.sha256(name.encode()).hexdigest()})  # realistic size; not checked
+        splits[split] = {"tokens": total, "documents": total // 1000, "shards": shards}
+    manifest = {"format": "budgetlm-tokens/1", "dtype": "uint16",
+                "tokenizer": {"path": "tokenizer", "kind": "none", "vocab_size": vocab, "eos_id": 2, "bos_id": 1,
+                              "pad_id": 0},
+                "splits": splits, "fingerprint": hashlib.sha256(f"sparse-{train_tokens}".encode()).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out / "manifest.json"
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     return write_manifest(tmp_path_factory.mktemp("synthetic"))

@@ -264,3 +264,32 @@ def test_run_on_the_fixture_corpus(tmp_path):
     acc = rep["accounting"]
     assert acc["input_documents"] == sum(expected.values()) + acc["rejected"]["total"] and acc["adds_up"]
     assert acc["selected"] == selection_size(sum(expected.values()), ratio=0.25, k_per_batch=None, batch_size=32, seed=0)
+
+
+def test_cli_select_released_variant(tmp_path, capsys):
+    """`--disf-variant released`: the published script's layout and greedy, through the CLI and the YAML."""
+    from data_select import disf
+    from data_select.embed import embed_corpus, load_features
+
+    make_corpus(tmp_path / "corpus")
+    embed_corpus([tmp_path / "corpus"], tmp_path / "f", encoder="hashing", dim=16, progress=False)
+    feats, ids, _ = load_features(tmp_path / "f")
+    assert main(["select", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "s"), "--k-per-batch", "4",
+                 "--batch-size", "32", "--disf-variant", "released", "--disf-processes", "3", "--no-progress"]) == 0
+    # 346 documents: 3 ranges of 115, 3 full batches of 32 each, 4 picks per batch
+    assert "selected 36 of 346" in capsys.readouterr().out
+    rows = [json.loads(line)["row"] for line in (tmp_path / "s" / "selection.jsonl").read_text().splitlines()]
+    assert rows == disf.select(np.asarray(feats), k_per_batch=4, batch_size=32, variant="released", processes=3).tolist()
+    assert all(p * 115 <= r < p * 115 + 96 for r, p in zip(rows, np.repeat(range(3), 12)))
+    params = json.loads((tmp_path / "s" / "select.json").read_text())["params"]
+    assert (params["disf_variant"], params["disf_processes"]) == ("released", 3)
+    rec = select_features(tmp_path / "f", tmp_path / "r", method="random", k_per_batch=4, batch_size=32,
+                          disf_variant="released", disf_processes=3, progress=False)
+    assert rec["counts"]["selected"] == 36  # baselines pick as many files as this DiSF would
+    cfg = load_run_config(write_config(tmp_path, tmp_path / "corpus", select={"disf_variant": "released"}))
+    assert cfg.select.disf_variant == "released"
+    with pytest.raises(UsageError, match="select.disf_variant"):
+        load_run_config(write_config(tmp_path, tmp_path / "corpus", select={"disf_variant": "paper"}))
+    assert main(["select", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--disf-variant",
+                 "released", "--no-progress"]) == 2  # 346 files hold no full batch of 1024
+    assert "full batches of 1024" in capsys.readouterr().err

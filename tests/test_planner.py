@@ -172,9 +172,9 @@ def test_budget_flops_converts_with_the_trainers_flops_per_token(tmp_path, fixtu
     summary = json.loads((summary_dir / "summary.json").read_text())
     assert summary["flops_per_token"] == flops_per_token_of(cfg)  # the trainer's own accounting
     assert summary["step"] == 5 and summary["tokens"] * summary["flops_per_token"] <= cfg.budget.flops
-    with pytest.raises(ConfigError, match="exactly one of budget.tokens, budget.steps, budget.flops"):
+    with pytest.raises(ConfigError, match="exactly one of budget.tokens, budget.steps, budget.epochs, budget.flops"):
         from_dict({**raw, "budget": {**raw["budget"], "tokens": 1000}})
-    with pytest.raises(ConfigError, match="budget.flops must be a positive number"):
+    with pytest.raises(ConfigError, match="budget.flops must be positive"):
         from_dict({**raw, "budget": {**raw["budget"], "flops": -1.0}})
     with pytest.raises(ConfigError, match="less than one optimizer step"):
         from_dict({**raw, "budget": {**raw["budget"], "flops": 0.5 * per_step}})

@@ -1,9 +1,15 @@
 """data_select.sources: every input document is yielded or rejected with a reason, never lost."""
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
 import json
+import lzma
 import os
+import random
+import re
+import signal
 import sysconfig
 from pathlib import Path
 
@@ -225,3 +231,159 @@ def test_no_usable_document_is_a_clear_error(tmp_path):
     assert isinstance(e.value, DataSelectError) and isinstance(e.value, ValueError)
     msg = str(e.value)
     assert str(tmp_path) in msg and "empty=1" in msg and "binary=1" in msg
+
+
+# --------------------------------------------------------------------------- issue 10: nothing stops a run
+
+
+def reference_lines(data: bytes) -> list[bytes]:
+    """Independent line split: universal newlines when the first terminator is a lone CR, else LF
+    with a CRLF's CR dropped; no empty last line after a final terminator."""
+    first = re.search(rb"\r\n|\r|\n", data)
+    if first is not None and first.group() == b"\r":
+        parts = re.split(rb"\r\n|\r|\n", data)
+    else:  # a CR is dropped only as the first half of a CRLF
+        split = data.split(b"\n")
+        parts = [p[:-1] if p.endswith(b"\r") else p for p in split[:-1]] + split[-1:]
+    return parts[:-1] if parts and parts[-1] == b"" else parts
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_line_splitter_matches_a_reference_at_every_chunk_boundary(monkeypatch, chunk):
+    monkeypatch.setattr(sources, "_READ_CHUNK", chunk)
+    rng = random.Random(chunk)
+    for trial in range(200):
+        alphabet = [b"a", b"b", b"\r", b"\n", b"\r\n", b" "]
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        max_line = rng.choice([3, 100])
+        got = list(sources._lines(io.BufferedReader(io.BytesIO(data), 4), max_line))
+        want = reference_lines(data)
+        assert [n for _, _, n in got] == [len(p) for p in want], data
+        assert [line for _, line, _ in got] == [p if len(p) <= max_line else None for p in want], data
+        for offset, _, n in got:  # offsets point at the line's bytes in the stream
+            assert data[offset:offset + n] in want
+
+
+def test_nested_fields_and_dotted_keys(tmp_path):
+    write_jsonl(tmp_path / "slim.jsonl", [
+        {"text": "nested", "meta": {"redpajama_set_name": "RedPajamaBook", "id": 7}},
+        {"text": "dotted key wins", "meta.redpajama_set_name": "flat", "meta": {"redpajama_set_name": "deep", "id": 8}},
+        {"text": "no meta"},
+        {"content": {"body": "text in a nested field"}, "meta": {"id": 9}},
+    ])
+    rej = Rejections()
+    docs = list(iter_documents([tmp_path / "slim.jsonl"], domain_field="meta.redpajama_set_name", id_field="meta.id",
+                               rejections=rej))
+    assert [(d.id, d.domain, d.text) for d in docs] == [("7", "RedPajamaBook", "nested"), ("8", "flat", "dotted key wins")]
+    assert rej.counts == {"missing_id": 1, "missing_text": 1}
+    docs = list(iter_documents([tmp_path / "slim.jsonl"], text_field="content.body", id_field="meta.id",
+                               rejections=Rejections()))
+    assert [(d.id, d.text) for d in docs] == [("9", "text in a nested field")]
+    rows = [{"text": "pq nested", "meta": {"redpajama_set_name": "RedPajamaWikipedia", "id": 1}},
+            {"text": "pq two", "meta": {"redpajama_set_name": "RedPajamaC4", "id": 2}}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "slim.parquet")
+    docs = list(iter_documents([tmp_path / "slim.parquet"], domain_field="meta.redpajama_set_name", id_field="meta.id"))
+    assert [(d.id, d.domain) for d in docs] == [("1", "RedPajamaWikipedia"), ("2", "RedPajamaC4")]
+
+
+def test_json_files_are_sniffed(tmp_path):
+    write_jsonl(tmp_path / "lines.json", [{"text": "one"}, {"text": "two"}])
+    (tmp_path / "config.json").write_text(json.dumps({"text": "a pretty", "printed": "object"}, indent=2))
+    with gzip.open(tmp_path / "lines.json.gz", "wt") as f:
+        f.write("\ufeff" + json.dumps({"text": "gz with a BOM"}) + "\r\n")
+    docs = {d.id: d.text for d in iter_documents([tmp_path])}
+    assert docs == {"lines.json:1": "one", "lines.json:2": "two", "lines.json.gz:1": "gz with a BOM",
+                    "config.json": (tmp_path / "config.json").read_text()}
+
+
+def test_compressed_streams_are_recognised_by_content(tmp_path):
+    data = b"".join(json.dumps({"text": f"rec {i}"}).encode() + b"\n" for i in range(3))
+    for name, blob in (("z.jsonl", zstandard.ZstdCompressor().compress(data)), ("b.jsonl", bz2.compress(data)),
+                       ("x.jsonl", lzma.compress(data)), ("g.txt", gzip.compress(b"plain text, gzipped\n"))):
+        (tmp_path / name).write_bytes(blob)
+    rej = Rejections()
+    docs = {d.id: d.text for d in iter_documents([tmp_path], rejections=rej)}
+    assert rej.counts == {}
+    assert docs["g.txt"] == "plain text, gzipped\n"
+    assert [docs[f"{n}.jsonl:{i}"] for n in "zbx" for i in (1, 2, 3)] == [f"rec {i}" for _ in "zbx" for i in range(3)]
+
+
+def test_xz_decoder_memory_is_limited(tmp_path, monkeypatch):
+    (tmp_path / "a.jsonl.xz").write_bytes(lzma.compress(b'{"text": "needs an 8 MiB dictionary"}\n'))
+    assert [d.text for d in iter_documents([tmp_path])] == ["needs an 8 MiB dictionary"]
+    monkeypatch.setattr(sources, "_XZ_MEMLIMIT", 1 << 20)
+    rej = Rejections()
+    with pytest.raises(NoDocumentsError):
+        list(iter_documents([tmp_path], rejections=rej))
+    assert rej.counts == {"corrupt": 1} and "Memory" in rej.examples["corrupt"][0]["detail"]
+
+
+def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
+    (tmp_path / "ok.txt").write_text("fine\n")
+    (tmp_path / "secret.txt").write_text("not for us\n")
+    real_open = os.open
+
+    def deny(path, *args, **kw):
+        if str(path).endswith("secret.txt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(sources.os, "open", deny)
+    rej = Rejections()
+    assert [d.id for d in iter_documents([tmp_path], rejections=rej)] == ["ok.txt"]
+    assert rej.counts == {"unreadable": 1} and "Permission denied" in rej.examples["unreadable"][0]["detail"]
+
+
+def test_fifo_swapped_in_after_listing_never_blocks(tmp_path, monkeypatch):
+    """Listing saw a regular file; by the time it is read it is a FIFO with no writer."""
+    (tmp_path / "ok.txt").write_text("fine\n")
+    os.mkfifo(tmp_path / "late.jsonl")
+    monkeypatch.setattr(sources, "_classify", lambda path, follow_symlinks=True: None)
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("blocked on a FIFO")))
+    signal.alarm(30)
+    try:
+        rej = Rejections()
+        docs = list(iter_documents([tmp_path], rejections=rej))
+    finally:
+        signal.alarm(0)
+    assert [d.id for d in docs] == ["ok.txt"] and rej.counts == {"special_file": 1}
+
+
+def test_globs_never_loop_and_skip_hidden(tmp_path):
+    (tmp_path / "real" / ".hidden").mkdir(parents=True)
+    (tmp_path / "real" / "doc.txt").write_text("once\n")
+    (tmp_path / "real" / ".dot.txt").write_text("hidden\n")
+    (tmp_path / "real" / ".hidden" / "in.txt").write_text("hidden folder\n")
+    (tmp_path / "real" / "loop").symlink_to("..")
+    assert list_files([str(tmp_path / "**" / "*.txt")]) == [tmp_path / "real" / "doc.txt"]
+    assert list_files([str(tmp_path / "real" / ".*.txt")]) == [tmp_path / "real" / ".dot.txt"]
+
+
+def test_match_files_is_pathlib_glob_over_regular_files(tmp_path):
+    """The corpus builder lists files through match_files: same set as pathlib's glob keeping
+    regular, non-link files (hidden files included, ``**`` not entering linked folders)."""
+    for rel in ("a/x.txt", "a/.h.txt", "a/b/y.txt", ".hid/z.txt", "c/w.py", "a/b/c/v.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "c")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")
+    (tmp_path / "a" / "file-link.txt").symlink_to(tmp_path / "a" / "x.txt")
+    (tmp_path / "a" / "dangling.txt").symlink_to(tmp_path / "none")
+    os.mkfifo(tmp_path / "a" / "pipe.txt")
+    for patterns in (["**/*.txt"], ["a/*"], ["*/*.py", "a/link/*"], ["a/b/**/*"], ["**/*"], ["a/x.txt", "a/nope.txt"]):
+        want = sorted({p for pat in patterns for p in tmp_path.glob(pat) if p.is_file() and not p.is_symlink()})
+        assert sources.match_files(tmp_path, patterns, follow_symlinks=False) == want, patterns
+
+
+def test_embed_listing_survives_links_and_special_files(tmp_path):
+    """The issue's report: embed died with a RuntimeError on a symlink loop while listing its inputs."""
+    from data_select.embed import embed_corpus
+
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "alpha beta gamma"}, {"text": "delta epsilon"}])
+    (tmp_path / "in" / "self.txt").symlink_to("self.txt")
+    (tmp_path / "in" / "loop").symlink_to(".")
+    os.mkfifo(tmp_path / "in" / "pipe.jsonl")
+    meta = embed_corpus([tmp_path / "in"], tmp_path / "f", encoder="hashing", dim=8, progress=False)
+    assert meta["n"] == 2 and meta["rejected"]["counts"] == {"special_file": 1, "unreadable": 2}
+    assert [f["bytes"] is None for f in meta["input_files"]] == [False, True, True, True]

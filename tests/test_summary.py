@@ -20,7 +20,7 @@ def test_summary_names_plan_png_and_domain_chart(tmp_path):
     for png in (plan / "plan.png", data / "domains.png"):
         png.write_bytes(b"\x89PNG")
     (plan / "branches.json").write_text(json.dumps({
-        "budgets": [{"budget": 8, "tokens": 256, "final_val_loss": 5.0, "hf": "hf"}], "plan_tokens": 256,
+        "budgets": [{"budget": 8, "steps": 1, "tokens": 256, "final_val_loss": 5.0, "hf": "hf"}], "plan_tokens": 256,
         "separate_runs_tokens": 256, "plot": str(plan / "plan.png")}))
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "summary.py"), "--data", str(data), "--plan", str(plan)],
                          capture_output=True, text=True, check=True).stdout
