@@ -121,8 +121,9 @@ def to_steps(cfg: TrainConfig, amount: float) -> int:
         if unit == "epochs":
             per += f"; one epoch holds {epoch_sequences(cfg):,} sequences"
         if unit == "flops":
-            per += f" tokens, x {flops_per_token_of(cfg):.4g} training FLOPs per token"
-        raise ConfigError(f"budget: {amount} {unit} is less than one optimizer step ({per})")
+            per += f" tokens; {flops_per_token_of(cfg):.4g} training FLOPs per token"
+        raise ConfigError(f"budget: {_fmt(amount, unit) if unit == 'flops' else amount} {unit} is less than one "
+                          f"optimizer step ({per})")
     return steps
 
 
@@ -132,7 +133,9 @@ def total_steps_of(cfg: TrainConfig) -> int:
     return to_steps(cfg, getattr(cfg.budget, unit))
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float, unit: str = "") -> str:
+    if unit == "flops":
+        return f"{x:.4g}"
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
@@ -143,8 +146,8 @@ def describe(cfg: TrainConfig) -> list[str]:
     if unit == "epochs":
         where = f" (of one epoch: {epoch_sequences(cfg):,} sequences of {cfg.data.seq_len} tokens in {_manifest_path(cfg)})"
     steps = total_steps_of(cfg)
-    lines = [f"budget.{unit} {_fmt(getattr(cfg.budget, unit))}{where} = {steps:,} steps x {tps:,} tokens = {steps * tps:,} tokens"]
+    lines = [f"budget.{unit} {_fmt(getattr(cfg.budget, unit), unit)}{where} = {steps:,} steps x {tps:,} tokens = {steps * tps:,} tokens"]
     for b in cfg.budget.budgets:
         s = to_steps(cfg, b)
-        lines.append(f"  plan budget {_fmt(b)} {unit} = {s:,} steps = {s * tps:,} tokens")
+        lines.append(f"  plan budget {_fmt(b, unit)} {unit} = {s:,} steps = {s * tps:,} tokens")
     return lines
