@@ -24,6 +24,7 @@ from pathlib import Path
 from pretrain import checkpoint as ckpt_io
 from pretrain.budget import to_steps, tokens_per_step
 from pretrain.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from pretrain.engines.weights import has_optimizer_state
 from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase, wsd_decay_start
 from pretrain.trainer import TrainResult, train
 
@@ -48,8 +49,7 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     main = load_config(ckpt / "config.yaml")
     n = int(state["step"])
     main_total = int(state["total_steps"])
-    has_optimizer = (ckpt / "optimizer.pt").is_file() or (ckpt / "ds" / "state").is_dir()
-    if not has_optimizer:
+    if not has_optimizer_state(ckpt):
         raise ckpt_io.CheckpointError(f"checkpoint {ckpt} has no optimizer state: a branch continues training and needs it")
     if decay_steps <= 0:
         raise ConfigError(f"--decay-steps must be positive, got {decay_steps}")

@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
     finally:
-        import torch.distributed as dist
+        if "pretrain.engines.base" in sys.modules:  # only a command that trained can hold process groups
+            from pretrain.engines.base import shutdown_distributed
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     attn_impl: str = "auto"  # auto | eager | sdpa | flash_attention_2
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (non-reentrant)
 
 
 @dataclass
@@ -140,12 +141,13 @@ class LoggingConfig:
 
 @dataclass
 class DistConfig:
-    engine: str = "auto"  # auto | accelerate | deepspeed
+    engine: str = "auto"  # auto | accelerate | deepspeed | fsdp2
     deepspeed_config: str = ""  # path to a DeepSpeed JSON (ZeRO stage etc.)
     backend: str = "auto"  # auto | gloo | nccl
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False
-    deterministic: bool = True
+    deterministic: bool | None = None  # null = on for CPU, off on CUDA (slower there); true is enforced
+    cpu_offload: bool = False  # fsdp2: shards, gradients and optimizer step in host memory
     gpu_peak_flops: float = 0.0  # per device, for MFU; 0 = look up by device name
 
 
@@ -376,6 +378,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {v}")
     if m.family not in ("llama", "olmo2"):
         raise ConfigError(f"model.family: {m.family!r} is not one of llama, olmo2")
+    if m.attn_impl not in ("auto", "eager", "sdpa", "flash_attention_2"):
+        raise ConfigError(f"model.attn_impl: {m.attn_impl!r} is not one of auto, eager, sdpa, flash_attention_2")
     if m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if m.num_heads % m.num_kv_heads:
@@ -383,8 +387,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.seq_len > m.max_seq_len:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
     _validate_budget(b)
-    if cfg.dist.engine not in ("auto", "accelerate", "deepspeed"):
-        raise ConfigError(f"dist.engine: {cfg.dist.engine!r} is not one of auto, accelerate, deepspeed")
+    from pretrain.engines import validate_dist  # noqa: PLC0415  (engines know what they support)
+
+    validate_dist(cfg)
     if cfg.dist.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"dist.precision: {cfg.dist.precision!r} is not one of auto, fp32, bf16")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):

@@ -1,7 +1,7 @@
 """Build HF Llama / OLMo-2 causal LMs from a ModelConfig; parameter and FLOP counts.
 
 The model is a stock ``transformers`` class so that an export loads with no project code;
-how it is parallelised (DDP, DeepSpeed ZeRO) is the engine's business, not this module's.
+how it is parallelised (DDP, DeepSpeed ZeRO, FSDP2) is the engine's business, not this module's.
 torch and transformers are imported where a model is built, so the counts (used by budget
 arithmetic and the planner) cost no heavy import.
 """
@@ -63,13 +63,22 @@ def hf_config(cfg: ModelConfig, vocab_size: int, *, eos_id: int | None = None, b
 
 def build_model(cfg: ModelConfig, vocab_size: int, *, device: str | torch.device = "cpu", attn_impl: str = "sdpa",
                 eos_id: int | None = None, bos_id: int | None = None, pad_id: int | None = None) -> PreTrainedModel:
-    """Instantiate with HF's own init (seed the RNG first for a reproducible start)."""
+    """Instantiate with HF's own init (seed the RNG first for a reproducible start).
+
+    ``cfg.activation_checkpointing`` recomputes each decoder layer in the backward pass instead
+    of keeping its activations (non-reentrant ``torch.utils.checkpoint``, so it composes with
+    DDP, ZeRO, FSDP2 and torch.compile); it applies in training mode only.
+    """
     import torch
 
     _, model_cls = _families()[cfg.family]
     config = hf_config(cfg, vocab_size, eos_id=eos_id, bos_id=bos_id, pad_id=pad_id, attn_impl=attn_impl)
     with torch.device(device):
         model = model_cls(config)
+    if cfg.activation_checkpointing:
+        # transformers >= 5.24 names it activation_checkpointing_enable (the old name warns)
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     return model
 
 

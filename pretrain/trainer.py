@@ -20,7 +20,8 @@ from pretrain import checkpoint as ckpt_io
 from pretrain.budget import total_steps_of
 from pretrain.config import ConfigError, TrainConfig, save_config, to_dict
 from pretrain.data import DataError, OneEpochLoader, TokenData, eval_batches
-from pretrain.engine import make_engine, world_info
+from pretrain.engines import make_engine
+from pretrain.engines.base import world_info
 from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
 from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
 from pretrain.schedules import lr_multiplier
@@ -115,8 +116,6 @@ class Trainer:
             raise DataError(f"{self.data.path}: the validation split holds {self.data.num_tokens('val')} tokens, less "
                             f"than one sequence of {cfg.data.seq_len}; re-tokenize with a larger val_fraction")
 
-        if cfg.dist.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         data = self.data
 
@@ -201,8 +200,8 @@ class Trainer:
         if self.is_main:
             ckpt_io.begin(self.ckpt_root, self.step)
         self.engine.barrier()
-        self.engine.save(tmp)
-        ckpt_io.write_rng(tmp, self.rank)
+        written = self.engine.save(tmp) + [ckpt_io.write_rng(tmp, self.rank)]
+        writers = self.engine.gather(written)
         if self.is_main:
             state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
                      "loader": self.loader.state().to_dict(), "engine": self.engine.name,
@@ -213,7 +212,7 @@ class Trainer:
         final = self.ckpt_root / ckpt_io.step_dir_name(self.step)
         if self.is_main:
             ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last,
-                             tuple(self.cfg.checkpoint.at_steps))
+                             tuple(self.cfg.checkpoint.at_steps), writers=writers)
         self.engine.barrier()
         self.last_ckpt_step = self.step
         return final

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -118,9 +119,17 @@ def python_env() -> dict:
     return env
 
 
-def torchrun_cmd(nproc: int, *args: str, port: int) -> list[str]:
+def torchrun_cmd(nproc: int, *args: str, port: int, module: str = "pretrain") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-            "-m", "pretrain", *args]
+            "-m", module, *args]
+
+
+CENSUS = "tests.census_main"  # `-m pretrain` that reports the gloo threads left after its teardown
+
+
+def assert_no_gloo_threads_left(output: str, nproc: int) -> None:
+    counts = re.findall(r"gloo threads after teardown: (\d+)", output)
+    assert len(counts) == nproc and all(c == "0" for c in counts), counts
 
 
 def free_port() -> int:
