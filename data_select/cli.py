@@ -110,6 +110,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
+    from data_select.pipeline import METHODS
+
     e = sub.add_parser("embed", help="proxy-encoder features of every document (resumable; shards under torchrun)")
     e.add_argument("inputs", nargs="*", metavar="INPUT", help="folders, globs, text/JSONL/Parquet files (.gz/.zst ok)")
     e.add_argument("--out", required=True, help="features directory (features.f32, ids.jsonl, features.json)")
@@ -127,7 +129,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("select", help="pick documents from a features directory")
     s.add_argument("--features", required=True, help="features directory from `data-select embed`")
     s.add_argument("--out", required=True, help="directory for selection.jsonl + select.json")
-    s.add_argument("--method", default="disf", choices=["disf", "random", "dsir", "dedup", "dedup+disf"])
+    s.add_argument("--method", default="disf", choices=list(METHODS))
     g = s.add_mutually_exclusive_group()
     g.add_argument("--ratio", type=float, default=None, help="share of each batch to pick (default 1/64 = 0.015625)")
     g.add_argument("--k-per-batch", type=int, default=None, help="files to pick from each full batch")
@@ -147,7 +149,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="spectrum diagnostics, per-domain counts and accounting of a selection")
     r.add_argument("--features", required=True)
     r.add_argument("--selection", required=True, help="selection.jsonl (select.json beside it is read too)")
-    r.add_argument("--out", required=True, help="directory for report.json + spectrum.png")
+    r.add_argument("--out", required=True, help="directory for report.json, spectrum.png and domains.png")
     r.add_argument("--top-k", type=int, default=10, help="eigenvalues in the dominance score (default 10)")
     r.add_argument("--sample", type=int, default=10_000, help="rows sampled per spectrum (default 10000)")
     r.add_argument("--seed", type=int, default=0)
@@ -208,7 +210,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     rep = report(args.features, args.selection, args.out, top_k=args.top_k, sample=args.sample, seed=args.seed)
     _print_report(rep)
-    print(f"report: {args.out}/report.json, {args.out}/spectrum.png")
+    print(f"report: {args.out}/report.json, {args.out}/spectrum.png, {args.out}/domains.png")
     return 0
 
 

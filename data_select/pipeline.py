@@ -9,7 +9,7 @@ Accounting (report.json ``accounting``): every input document is exactly one of
 - ``selected``       picked by the selection method;
 - ``not_selected``   embedded but not picked;
 - ``deduplicated``   embedded, removed as a near-duplicate of a kept document before selection
-                     (its own bucket, only for methods ``dedup`` and ``dedup+disf``);
+                     (its own bucket, only for the ``dedup*`` methods);
 - ``rejected``       never embedded, by reason (:data:`data_select.sources.REASONS`; a corrupt
                      compressed file counts once for its unreadable rest).
 
@@ -38,8 +38,9 @@ SELECT_META = "select.json"
 DEDUPLICATED = "deduplicated.jsonl"
 REPORT = "report.json"
 SPECTRUM_PNG = "spectrum.png"
+DOMAINS_PNG = "domains.png"
 RUN_LEDGER = "run.json"
-METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf")
+METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf", "dedup+random")
 DEFAULT_RATIO = 1 / 64  # DiSF's released setting: 16 of every 1024 files (1.5625 %)
 
 
@@ -107,7 +108,9 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
     row, rank = pick order) and ``select.json`` (method, params, counts); returns the latter.
 
     Without ``ratio`` and ``k_per_batch`` the ratio is DiSF's 1/64. Random and DSIR pick as many
-    files as DiSF would; ``dedup`` keeps every non-duplicate; ``dedup+disf`` runs DiSF on those.
+    files as DiSF would; ``dedup`` keeps every non-duplicate; ``dedup+disf`` runs DiSF on those and
+    ``dedup+random`` picks as many files as DiSF would at random among them (the baseline that separates
+    dedup from DiSF).
     ``disf_variant`` ``released`` reproduces the published DiSF script (:mod:`data_select.disf`)
     over ``disf_processes`` contiguous ranges (the script's CPU count).
     """
@@ -138,7 +141,7 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
     count_kw = dict(disf_variant=disf_variant, disf_processes=disf_processes)
     dup_of = np.full(n, -1, dtype=np.int64)
     try:
-        if method in ("dedup", "dedup+disf"):
+        if method.startswith("dedup"):
             keep, dup_of = baselines.dedup(feats, threshold=dedup_threshold, progress=progress)
         if method == "disf":
             picked = disf.select(feats, **size_kw, **variant_kw, workers=workers, progress=progress)
@@ -149,6 +152,9 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
             picked = baselines.dsir_select(texts, target_texts, selection_size(n, **size_kw, **count_kw), seed=seed)
         elif method == "dedup":
             picked = keep
+        elif method == "dedup+random":
+            k = min(len(keep), selection_size(n, **size_kw, **count_kw))
+            picked = baselines.compose(keep, baselines.random_select(len(keep), k, seed))
         else:
             sub = disf.select(np.asarray(feats[keep]), **size_kw, **variant_kw, workers=workers, progress=progress)
             picked = baselines.compose(keep, sub)
@@ -186,8 +192,9 @@ def _read_selection(path: Path, ids: list[dict]) -> np.ndarray:
 
 def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_dir: str | os.PathLike, *,
            top_k: int = 10, sample: int = 10_000, seed: int = 0) -> dict:
-    """``report.json`` + ``spectrum.png``: spectrum diagnostics of the selection against the pool and
-    a random selection of the same size, per-domain counts, and the document accounting."""
+    """``report.json`` + ``spectrum.png`` + ``domains.png``: spectrum diagnostics of the selection against
+    the pool and a random selection of the same size, per-domain counts (and their bar chart), and the
+    document accounting."""
     feats, ids, meta = load_features(features_dir)
     selection = Path(selection)
     sel = _read_selection(selection, ids)
@@ -241,6 +248,8 @@ def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_di
     }
     if not acc["adds_up"]:
         raise PipelineError(f"accounting does not add up for {selection}: {acc} (select.json from other features?)")
+    spectrum.plot_domains(domains, out / DOMAINS_PNG,
+                          title=f"Files per domain: {record.get('method') or 'selection'} vs pool (counts on the bars)")
     atomic_write_json(out / REPORT, result)
     return result
 
@@ -259,7 +268,7 @@ class EmbedConfig:
 
 @dataclass
 class SelectConfig:
-    method: str = "disf"  # disf | random | dsir | dedup | dedup+disf
+    method: str = "disf"  # disf | random | dsir | dedup | dedup+disf | dedup+random
     ratio: float | None = None  # None (and no k_per_batch) = 1/64
     k_per_batch: int | None = None
     batch_size: int = 1024

@@ -6,6 +6,7 @@ name of the offending key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,14 +83,16 @@ class BudgetConfig:
 
     Units (``UNITS``): ``tokens``; optimizer ``steps``; ``epochs``, a fraction in (0, 1] of one
     epoch of the data manifest's train split, so the budget follows the data it gets and never
-    asks for a second epoch. ``pretrain.budget.to_steps`` turns any of them into steps.
+    asks for a second epoch; training ``flops``, counted as the trainer counts them (6·N_non-embedding
+    + 12·L·d·T per token). ``pretrain.budget.to_steps`` turns any of them into steps.
     """
 
-    UNITS: typing.ClassVar[tuple[str, ...]] = ("tokens", "steps", "epochs")
+    UNITS: typing.ClassVar[tuple[str, ...]] = ("tokens", "steps", "epochs", "flops")
 
     tokens: int | None = None
     steps: int | None = None
     epochs: float | None = None
+    flops: float | None = None
     global_batch_size: int = 8  # sequences per optimizer step, over all ranks
     micro_batch_size: int = 8  # sequences per forward pass on one rank
     budgets: list[int | float] = field(default_factory=list)  # multi-budget plans, in the unit of the budget
@@ -425,7 +428,7 @@ def _validate_budget(b: BudgetConfig) -> None:
         if not 0 < b.epochs <= 1:
             raise ConfigError(f"budget.epochs must be in (0, 1], a fraction of one epoch of the data (more would "
                               f"repeat data), got {b.epochs}")
-    elif getattr(b, unit) <= 0:
+    elif not (getattr(b, unit) > 0 and math.isfinite(getattr(b, unit))):
         raise ConfigError(f"budget.{unit} must be positive, got {getattr(b, unit)}")
     for i, x in enumerate(b.budgets):
         if unit == "epochs" and not 0 < x <= 1:

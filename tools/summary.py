@@ -40,6 +40,12 @@ def main() -> None:
           f"each model sees every token at most once)")
     print(f"tokens trained: {plan['plan_tokens']:,} for {len(plan['budgets'])} finished models "
           f"(separate runs: {plan['separate_runs_tokens']:,})")
+    plots = [(plan.get("plot"), "loss curves of the main run and every budget"),
+             (str(Path(args.data) / "domains.png"), "files per domain, selection vs pool"),
+             (str(Path(args.data) / "spectrum.png"), "feature spectra")]
+    for path, what in plots:
+        if path and Path(path).is_file():
+            print(f"plot: {path} ({what})")
     if args.seconds is not None:
         print(f"wall time: {args.seconds // 60} min {args.seconds % 60} s")
 
