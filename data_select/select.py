@@ -1,0 +1,414 @@
+"""`data-select select`: pick documents (rows of the document table) from a features directory.
+
+Methods: ``disf`` (data_select.disf), ``random``, ``dsir`` (importance resampling towards a
+target), ``dedup`` (keep every non-near-duplicate) and ``dedup+disf``. Sizes: a share of each
+DiSF batch (``ratio``, ``k_per_batch``; the baselines pick as many files as DiSF would) or a
+token budget (``tokens``; data_select.budget): random and DSIR take documents in their order
+until the budget is covered, ``dedup`` takes non-duplicates in a seeded random order, DiSF
+gives every batch a quota in proportion to its tokens (data_select.disf.batch_jobs).
+
+Everything works on row numbers and reads only the columns it needs; features are read a block
+of rows at a time, DSIR streams texts at the table's locations. Outputs (docs/FORMATS.md,
+"Selection"): ``selection.npy`` (rows in pick order: what later steps load), ``select.json``
+(written last), and the human-readable ``selection.jsonl`` / ``deduplicated.jsonl`` (streamed).
+
+DiSF splits into parts by whole batches (``shard``, or torchrun ranks): each part writes the
+picks of its batches, the merge concatenates them in batch order, which is the one-process
+selection.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from data_select import baselines, budget, disf
+from data_select import parts as P
+from data_select.embed import Features, load_features
+from data_select.errors import DataSelectError, UsageError
+from data_select.io import atomic_write_json, sha256_file
+
+SELECTION = "selection.jsonl"
+SELECTION_ROWS = "selection.npy"
+SELECT_META = "select.json"
+DEDUPLICATED = "deduplicated.jsonl"
+DEDUPLICATED_ROWS = "deduplicated.npy"
+METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf")
+SHARDED_METHODS = ("disf", "dedup+disf")
+DEFAULT_RATIO = 1 / 64  # DiSF's released setting: 16 of every 1024 files (1.5625 %)
+DSIR_FIT_BYTES = 256 << 20  # pools with more text fit the raw n-gram distribution on a seeded sample of this size
+_OUT_CHUNK = 1 << 16
+
+
+class PipelineError(DataSelectError):
+    """A step of the pipeline cannot run; the message names the file, key or step."""
+
+
+class HashingFeaturesWarning(UserWarning):
+    """DiSF on hashing features (docs/RESULTS.md (c))."""
+
+
+HASHING_WARNING = ("DiSF on hashing features: in docs/RESULTS.md (c) it did not flatten the spectrum of a neural "
+                   "encoder and favoured short documents (fewer tokens for the same number of files); prefer a "
+                   "neural encoder (--encoder minilm or a local HF model) and budget by --tokens")
+
+
+def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batch_size: int, seed: int,
+                   disf_variant: str = "exact", disf_processes: int = 1) -> int:
+    """Files DiSF would pick from a pool of n (sum over its batches); baselines pick as many."""
+    plan = disf.batch_plan(n, batch_size, seed, variant=disf_variant, processes=disf_processes)
+    return sum(disf.batch_k(len(b), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for b in plan)
+
+
+class RowSubset:
+    """Rows ``rows`` of a feature matrix seen as a matrix of their own (no copy)."""
+
+    def __init__(self, matrix, rows: np.ndarray):
+        self.matrix, self.rows = matrix, np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), matrix.shape[1])
+        self.ndim = 2
+
+    def __getitem__(self, idx):
+        return self.matrix[self.rows[idx]]
+
+
+def check_size_args(ratio, k_per_batch, tokens, config: bool = False) -> None:
+    """At most one of ratio / k_per_batch / tokens (naming both when two are given), tokens > 0."""
+    names = ("select.ratio", "select.k_per_batch", "select.tokens") if config else ("--ratio", "--k-per-batch", "--tokens")
+    given = [name for name, v in zip(names, (ratio, k_per_batch, tokens)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{'config keys ' if config else ''}{given[0]} and {given[1]} both size the selection: "
+                         "give one, not both")
+    if tokens is not None and tokens <= 0:
+        raise UsageError(f"{names[2]} must be a positive number of tokens, got {tokens}")
+
+
+def _dsir_target_counts(feats: Features, target: str, *, num_buckets: int, seed: int) -> np.ndarray:
+    """n-gram counts of the target: the pool's documents of domain ``target`` (a seeded sample of
+    at most DSIR_FIT_BYTES of them), else the documents of the files ``target`` names."""
+    from data_select.sources import iter_documents
+
+    table = feats.table
+    if target in table.domains:
+        code = table.domains.index(target)
+        rows = np.concatenate([lo + np.flatnonzero(c == code) for lo, c in table.chunks("domain")])
+        rows = _fit_sample(table, rows, seed)
+        return baselines.ngram_totals((t for _, t in table.texts(rows)), num_buckets=num_buckets)
+    try:
+        docs = iter_documents([target], text_field=table.settings["text_field"])
+        return baselines.ngram_totals((d.text for d in docs), num_buckets=num_buckets)
+    except DataSelectError as e:
+        raise PipelineError(f"dsir target {target!r} is neither a domain of the pool nor readable text: {e}") from None
+
+
+def _fit_sample(table, rows: np.ndarray, seed: int) -> np.ndarray:
+    """``rows`` (ascending), or a seeded subset of them holding about DSIR_FIT_BYTES of text."""
+    sizes = table.column("bytes", rows)
+    if sizes.sum() <= DSIR_FIT_BYTES:
+        return rows
+    order = np.random.default_rng([seed, 11]).permutation(len(rows))
+    take = int(np.searchsorted(np.cumsum(sizes[order]), DSIR_FIT_BYTES, "left")) + 1
+    return np.sort(rows[order[:take]])
+
+
+def _dsir_keys(feats: Features, target: str | None, seed: int, progress: bool, num_buckets: int = 10_000) -> np.ndarray:
+    """Gumbel keys of DSIR importance weights for every row, one streaming pass over the pool's
+    texts (the raw distribution is fitted on a seeded sample when the pool holds more than
+    DSIR_FIT_BYTES of text, as DSIR fits its n-gram models on a subset)."""
+    if not target:
+        raise PipelineError("method dsir needs --target: a domain of the pool or a file/glob of target texts")
+    table = feats.table
+    table.check_inputs()
+    target_counts = _dsir_target_counts(feats, target, num_buckets=num_buckets, seed=seed)
+    total = int(sum(b.sum() for _, b in table.chunks("bytes")))
+    if total <= DSIR_FIT_BYTES:  # small pool: one pass holds its counts (bounded by DSIR_FIT_BYTES of text)
+        counts = baselines._vectorizer(num_buckets, (1, 2)).transform([t for _, t in table.texts(range(table.n))])
+        ratio = baselines.dsir_log_ratio(np.asarray(counts.sum(axis=0)).ravel(), target_counts)
+        log_w = counts @ ratio
+    else:
+        fit = _fit_sample(table, np.arange(table.n), seed)
+        raw = baselines.ngram_totals((t for _, t in table.texts(fit)), num_buckets=num_buckets)
+        ratio = baselines.dsir_log_ratio(raw, target_counts)
+        log_w = baselines.dsir_log_weights((t for _, t in table.texts(range(table.n), progress=progress)), table.n, ratio)
+    return baselines.gumbel_keys(log_w, seed)
+
+
+def _dedup(feats: Features, out: Path, key: dict, shard: P.Shard | None, group, progress: bool, **kw) -> np.ndarray:
+    """``dup_of`` of every row (−1 kept). A sharded selection computes it once and keeps it in the
+    parts folder for every part (torchrun: rank 0, the others wait)."""
+    if shard is None:
+        return baselines.dedup(feats.matrix, workdir=out, progress=progress, **kw)[1]
+    cache = out / P.PARTS / "dedup"
+    done = P.read_done(cache)
+    if not (done and done.get("key") == P.run_key(key)) and (group is None or shard.index == 0):
+        cache.mkdir(parents=True, exist_ok=True)
+        dup_of = baselines.dedup(feats.matrix, workdir=out, progress=progress, **kw)[1]
+        tmp = cache / f".dup_of-{os.getpid()}.npy"
+        np.save(tmp, dup_of)
+        os.replace(tmp, cache / "dup_of.npy")
+        P.finish_part(cache, key, {})
+    if group is not None:
+        group.barrier()
+    return np.load(cache / "dup_of.npy")
+
+
+def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str = "disf",
+                    ratio: float | None = None, k_per_batch: int | None = None, tokens: float | None = None,
+                    batch_size: int = 1024, seed: int = 0, dedup_threshold: float = 0.95, nlist: int | None = None,
+                    nprobe: int = baselines.DEFAULT_NPROBE, target: str | None = None, disf_variant: str = "exact",
+                    disf_processes: int = 1, tokenizer: str | None = None, vocab_size: int = 8000,
+                    shard: P.Shard | None = None, workers: int = 1, progress: bool = True) -> dict:
+    """Select documents from a features directory; writes ``selection.npy`` (rows in pick order),
+    ``selection.jsonl`` (id, source, domain, row, rank = pick order, bytes), ``select.json``
+    (method, params, counts, token estimate) and for the dedup methods ``deduplicated.*``;
+    returns the select.json record (a part's DONE record for ``shard``).
+
+    Without ``ratio``, ``k_per_batch`` or ``tokens`` the ratio is DiSF's 1/64. ``tokens`` is a
+    token budget, estimated from the table's bytes with bytes per token measured by
+    :func:`data_select.budget.measure_bytes_per_token` (with ``tokenizer``, else a provisional
+    sentencepiece of ``vocab_size``); a budget over the pool's estimate selects everything.
+    ``nlist`` / ``nprobe``: the dedup's IVF lists (default: exact up to
+    :data:`data_select.baselines.FLAT_MAX` rows, else 2·√n lists). ``shard`` runs one part of a
+    DiSF selection (merge with :func:`merge_selection`); under torchrun every rank runs its part
+    and rank 0 merges.
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if disf_variant not in disf.VARIANTS:
+        raise UsageError(f"unknown DiSF variant {disf_variant!r}; choose one of {', '.join(disf.VARIANTS)}")
+    if disf_processes < 1:
+        raise UsageError(f"disf_processes must be >= 1, got {disf_processes}")
+    check_size_args(ratio, k_per_batch, tokens)
+    if shard is not None and method not in SHARDED_METHODS:
+        raise UsageError(f"--shard splits DiSF's batches; method {method!r} runs as one task (drop --shard)")
+    if ratio is None and k_per_batch is None and tokens is None:
+        ratio = DEFAULT_RATIO
+    feats = load_features(features_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sized = method != "dedup"  # plain dedup keeps every non-duplicate: no batches
+    dedup = method.startswith("dedup")
+    params = {"ratio": ratio if sized else None, "k_per_batch": k_per_batch if sized else None, "tokens": tokens,
+              "batch_size": batch_size if sized else None, "seed": seed,
+              "dedup_threshold": dedup_threshold if dedup else None, "nlist": nlist if dedup else None,
+              "nprobe": nprobe if dedup and (nlist or feats.n > baselines.FLAT_MAX) else None,
+              "target": target if method == "dsir" else None,
+              "disf_variant": disf_variant if sized else None,
+              "disf_processes": disf_processes if sized and disf_variant == "released" else None,
+              "tokenizer": tokenizer if tokens is not None else None,
+              "vocab_size": vocab_size if tokens is not None and tokenizer is None else None}
+    settings = {"method": method, **params, "features": feats.fingerprint}
+    warned = []
+    if method in SHARDED_METHODS and str(feats.meta.get("encoder", "")).startswith("hashing"):
+        warnings.warn(HASHING_WARNING, HashingFeaturesWarning, stacklevel=2)
+        warned.append(HASHING_WARNING)
+    env = P.env_shard() if shard is None else None
+    if env is None:
+        return _select(feats, out, method, params, settings, warned, shard, None, workers, progress)
+    with P.Group(env) as group:
+        sharded = method in SHARDED_METHODS
+        if sharded or env.index == 0:
+            _select(feats, out, method, params, settings, warned, env if sharded else None, group, workers, progress)
+        group.barrier()
+        if sharded:
+            if env.index == 0:
+                merge_selection(out, progress=progress)
+            group.barrier()
+    return _read_json(out / SELECT_META)
+
+
+def _select(feats: Features, out: Path, method: str, params: dict, settings: dict, warned: list,
+            part: P.Shard | None, group, workers: int, progress: bool) -> dict:
+    """The selection (or one DiSF part of it) of a validated request."""
+    table = feats.table
+    part_key = {**settings, "parts": part.count} if part is not None else None
+    if part is not None:
+        path, done = P.start_part(out, "select", part, part_key)
+        if done is not None:
+            return done
+    else:
+        (out / SELECT_META).unlink(missing_ok=True)  # rewritten last: present means the selection is complete
+    size_kw = dict(ratio=params["ratio"], k_per_batch=params["k_per_batch"], batch_size=params["batch_size"] or 1024,
+                   seed=params["seed"])
+    variant_kw = dict(variant=params["disf_variant"] or "exact", processes=params["disf_processes"] or 1)
+    count_kw = dict(disf_variant=variant_kw["variant"], disf_processes=variant_kw["processes"], **size_kw)
+    tokens = params["tokens"]
+    dup_of = np.full(0, -1, dtype=np.int64)
+    pool = None  # rows the method picks from (None: every row)
+    estimate = costs = pool_costs = None
+    everything = False
+    try:
+        if method.startswith("dedup"):
+            dedup_kw = dict(threshold=params["dedup_threshold"], nlist=params["nlist"],
+                            nprobe=params["nprobe"] or baselines.DEFAULT_NPROBE, seed=params["seed"])
+            dup_of = _dedup(feats, out, {**settings, "step": "dedup"}, part, group, progress, **dedup_kw)
+            pool = np.flatnonzero(dup_of < 0)
+        pool_n = table.n if pool is None else len(pool)
+        if tokens is not None:
+            estimate = budget.measure_bytes_per_token(table, tokenizer=params["tokenizer"],
+                                                      vocab_size=params["vocab_size"] or 8000, seed=params["seed"])
+            costs = budget.estimated_tokens(table, estimate)
+            pool_costs = costs if pool is None else costs[pool]
+            everything = tokens >= pool_costs.sum()
+        if everything:
+            picked_pos = np.arange(pool_n) if part is None or part.index == 0 else np.empty(0, np.int64)
+        elif method in SHARDED_METHODS:
+            matrix = feats.matrix if pool is None else RowSubset(feats.matrix, pool)
+            n_batches = len(disf.plan_for(pool_n, batch_size=size_kw["batch_size"], seed=size_kw["seed"], **variant_kw))
+            batches = None if part is None else range(*_even(n_batches, part))
+            picked_pos = disf.select(matrix, **size_kw, **variant_kw, workers=workers, costs=pool_costs,
+                                     budget=tokens, batches=batches, progress=progress)
+        elif method == "random":
+            if tokens is None:
+                picked_pos = baselines.random_select(pool_n, selection_size(pool_n, **count_kw), params["seed"])
+            else:
+                order = np.random.default_rng(params["seed"]).permutation(pool_n)
+                picked_pos = np.sort(budget.prefix_reaching(order, pool_costs, tokens))
+        elif method == "dsir":
+            keys = _dsir_keys(feats, params["target"], params["seed"], progress)
+            if tokens is None:
+                picked_pos = baselines.top_k(keys, selection_size(pool_n, **count_kw))
+            else:
+                picked_pos = np.sort(budget.prefix_reaching(np.argsort(-keys, kind="stable"), pool_costs, tokens))
+        elif tokens is None:  # dedup: every non-duplicate
+            picked_pos = np.arange(pool_n)
+        else:  # dedup under a budget: non-duplicates in a seeded random order
+            order = np.random.default_rng(params["seed"]).permutation(pool_n)
+            picked_pos = np.sort(budget.prefix_reaching(order, pool_costs, tokens))
+    except (disf.DisfError, baselines.BaselineError) as e:
+        raise PipelineError(f"{method} selection on {feats.root}: {e}") from None
+    picked = np.asarray(picked_pos if pool is None else pool[picked_pos], dtype=np.int64)
+    if part is not None:
+        np.save(path / "picks.npy", picked)
+        return P.finish_part(path, part_key, {"features_dir": str(feats.root.resolve()), "picks": int(len(picked)),
+                                              "estimate": estimate, "everything": everything, "warnings": warned})
+    return write_selection(out, feats, method, params, picked, dup_of, estimate=estimate, costs=costs,
+                           everything=everything, warned=warned, progress=progress)
+
+
+def _even(n: int, part: P.Shard) -> tuple[int, int]:
+    """Part ``part`` of n DiSF batches: contiguous and as equal as possible."""
+    return (n * part.index // part.count, n * (part.index + 1) // part.count)
+
+
+def merge_selection(out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Concatenate the finished DiSF parts of a selection (in batch order) into its outputs;
+    refuses missing, unfinished or mixed parts before writing anything."""
+    out = Path(out_dir)
+    found = P.collect_parts(out, "select")
+    first = found[0][1]
+    settings = {k: v for k, v in first["settings"].items() if k != "parts"}
+    feats = load_features(first["features_dir"])
+    if feats.fingerprint != settings["features"]:
+        raise P.PartError(f"{out}: the parts were selected from other features ({settings['features'][:12]}, "
+                          f"now {feats.fingerprint[:12]} in {feats.root})")
+    picked = np.concatenate([np.load(p / "picks.npy") for p, _ in found]).astype(np.int64)
+    dup_of = np.load(out / P.PARTS / "dedup" / "dup_of.npy") if settings["method"] == "dedup+disf" \
+        else np.full(0, -1, dtype=np.int64)
+    params = {k: v for k, v in settings.items() if k not in ("method", "features")}
+    estimate = first.get("estimate")
+    costs = budget.estimated_tokens(feats.table, estimate) if estimate else None
+    record = write_selection(out, feats, settings["method"], params, picked, dup_of, estimate=estimate, costs=costs,
+                             everything=bool(first.get("everything")), warned=first.get("warnings", []),
+                             progress=progress)
+    P.remove_parts(out, "select")
+    P.remove_parts(out, "dedup")
+    return record
+
+
+def write_selection(out: Path, feats: Features, method: str, params: dict, picked: np.ndarray, dup_of: np.ndarray,
+                    *, estimate: dict | None, costs: np.ndarray | None, everything: bool, warned: list,
+                    progress: bool) -> dict:
+    """selection.npy, selection.jsonl and deduplicated.* (streamed a chunk of rows at a time),
+    then select.json."""
+    table = feats.table
+    n = table.n
+    (out / SELECT_META).unlink(missing_ok=True)
+    _save_npy(out / SELECTION_ROWS, picked)
+    _write_rows(out / SELECTION, table, picked, lambda rows, ids, src, dom, nbytes, lo: [
+        {"id": i, "source": s, "domain": d, "row": r, "rank": lo + j, "bytes": b}
+        for j, (i, s, d, r, b) in enumerate(zip(ids, src, dom, rows, nbytes))])
+    dups = np.flatnonzero(dup_of >= 0) if dup_of.size else np.empty(0, dtype=np.int64)
+    _save_npy(out / DEDUPLICATED_ROWS, np.stack([dups, dup_of[dups]], axis=1) if dups.size else np.empty((0, 2), np.int64))
+    if dups.size:
+        originals = dup_of[dups]
+        _write_rows(out / DEDUPLICATED, table, dups, lambda rows, ids, src, dom, nbytes, lo: [
+            {"id": i, "row": r, "duplicate_of": o}
+            for i, r, o in zip(ids, rows, table.ids(originals[lo:lo + len(rows)]))])
+    else:
+        (out / DEDUPLICATED).write_text("")
+    selected_bytes = int(table.column("bytes", picked).sum()) if picked.size else 0
+    record = {
+        "format": "budgetlm-selection/2", "method": method, "params": params,
+        "features": {"dir": str(feats.root.resolve()), "encoder": feats.meta["encoder"], "fingerprint": feats.fingerprint},
+        "counts": {"input": n, "selected": int(len(picked)), "not_selected": n - int(len(picked)) - int(dups.size),
+                   "deduplicated": int(dups.size)},
+        "bytes": {"selected": selected_bytes},
+        "selection_sha256": sha256_file(out / SELECTION_ROWS),
+        "warnings": list(warned),
+    }
+    if estimate is not None:
+        pool_rows = np.flatnonzero(dup_of < 0) if dup_of.size else None
+        record["tokens"] = {
+            "budget": params.get("tokens"), "estimate": estimate,
+            "estimated_selected": float(costs[picked].sum()),
+            "estimated_pool": float(costs.sum() if pool_rows is None else costs[pool_rows].sum()),
+            "everything": bool(everything)}
+        if everything:
+            record["warnings"].append(f"--tokens {params.get('tokens'):,.0f} is more than the pool's estimated "
+                                      f"{record['tokens']['estimated_pool']:,.0f} tokens: everything is selected")
+    atomic_write_json(out / SELECT_META, record)
+    return record
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(arr))
+    os.replace(tmp, path)
+
+
+def _write_rows(path: Path, table, rows: np.ndarray, make, chunk: int = _OUT_CHUNK) -> None:
+    """A JSON Lines file over ``rows``, built a chunk at a time from the table's columns."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo:lo + chunk]
+            files = table.column("file", part)
+            recs = make(part.tolist(), table.ids(part), [table.files[i] for i in files.tolist()],
+                        table.domain_names(table.column("domain", part)), table.column("bytes", part).tolist(), lo)
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+
+
+def selection_dir(selection: str | os.PathLike) -> Path:
+    """The folder of a selection given as the folder or one of its files (selection.jsonl)."""
+    p = Path(selection)
+    return p if p.is_dir() else p.parent
+
+
+def read_selection(selection: str | os.PathLike) -> tuple[dict, np.ndarray]:
+    """(select.json record, rows in pick order) of a selection made by `data-select select`;
+    refuses one whose rows file does not match its record."""
+    d = selection_dir(selection)
+    record = _read_json(d / SELECT_META)
+    if record is None:
+        raise UsageError(f"{d}: no {SELECT_META}: not a selection made by `data-select select` (or unfinished)")
+    if record.get("format") != "budgetlm-selection/2":
+        raise UsageError(f"{d}: a selection in an older format; re-run `data-select select`")
+    rows_path = d / SELECTION_ROWS
+    if not rows_path.is_file() or sha256_file(rows_path) != record["selection_sha256"]:
+        raise PipelineError(f"{d / SELECT_META} does not describe {rows_path} (missing or checksum differs); re-run select")
+    return record, np.load(rows_path)

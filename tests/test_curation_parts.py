@@ -1,0 +1,85 @@
+"""A curation run split into parts gives the bytes of one process: 2 ranks under torchrun, and
+2 independent --shard tasks per step + merges (what launch/curate-slurm.sh runs)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, python_env
+from data_select.cli import main
+from test_pipeline import make_corpus
+
+SAME = ["features/features.f32", "features/DONE.json", "features/table/DONE.json", "features/table/ids.bin",
+        "features/table/offset.bin", "selection.npy", "selection.jsonl", "deduplicated.npy"]
+
+
+def _config(tmp_path: Path, name: str, corpus: Path) -> Path:
+    cfg = {"inputs": [str(corpus)], "out_dir": str(tmp_path / name), "progress": False,
+           "embed": {"encoder": "hashing", "dim": 16, "batch_size": 16},
+           "select": {"method": "dedup+disf", "ratio": 0.25, "batch_size": 32},
+           "tokenize": {"vocab_size": 320, "val_fraction": 0.05, "workers": 1, "shard_tokens": 2000},
+           "report": {"top_k": 5}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    for name in SAME:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    shards = sorted(p.name for p in (a / "tokens").glob("*.npy"))
+    assert len(shards) >= 3 and shards == sorted(p.name for p in (b / "tokens").glob("*.npy"))
+    for name in shards:
+        assert (a / "tokens" / name).read_bytes() == (b / "tokens" / name).read_bytes(), name
+    ma, mb = (json.loads((d / "tokens" / "manifest.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        m["sources"].pop("selection")
+    assert ma == mb
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
+    assert ra["accounting"] == rb["accounting"] and ra["spectrum"] == rb["spectrum"] and ra["domains"] == rb["domains"]
+    assert not (b / "parts").exists() and not (b / "features" / "parts").exists(), "merged parts are removed"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("parts")
+    make_corpus(tmp / "corpus")
+    with open(tmp / "corpus" / "mixed.jsonl", "a") as f:  # an exact repeat, dropped before embedding
+        f.write(open(tmp / "corpus" / "mixed.jsonl").readline())
+    assert main(["run", str(_config(tmp, "one", tmp / "corpus"))]) == 0
+    return tmp
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process(one_process):
+    tmp = one_process
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "data_select", "run", str(_config(tmp, "tr", tmp / "corpus"))]
+    proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("accounting:") == 1, "rank 0 prints the summary"
+    _assert_same(tmp / "one", tmp / "tr")
+
+
+def test_shard_tasks_and_merges_equal_one_process(one_process, capsys):
+    tmp = one_process
+    cfg = str(_config(tmp, "arr", tmp / "corpus"))
+    assert main(["run", cfg, "--step", "embed", "--shard", "0/2"]) == 2
+    assert "needs the document table" in capsys.readouterr().err
+    for step in ("index", "embed", "select", "tokenize"):
+        for i in (1, 0):
+            assert main(["run", cfg, "--step", step, "--shard", f"{i}/2"]) == 0, step
+        assert main(["run", cfg, "--step", step, "--merge"]) == 0, step
+    assert main(["run", cfg, "--step", "report"]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate_content': 1" in out
+    _assert_same(tmp / "one", tmp / "arr")
+    assert main(["run", cfg, "--step", "select", "--shard", "2/2"]) == 2
+    assert "0 <= I < N" in capsys.readouterr().err
+    assert main(["run", cfg, "--shard", "0/2"]) == 2
+    assert "add --step" in capsys.readouterr().err
