@@ -53,8 +53,11 @@ def measure_bytes_per_token(table: Table, *, tokenizer: str | Path | None = None
         else:
             tok = load_tokenizer(tokenizer)
             how = f"tokenizer {tokenizer}, measured on {len(measure):,} sampled documents"
-        counts = np.array([len(ids) for ids in tok([texts[r] for r in measure.tolist()],
-                                                     add_special_tokens=False)["input_ids"]], dtype=np.float64)
+        backend = tok.backend_tokenizer
+        order = measure.tolist()
+        counts = np.array([len(e.ids) for lo in range(0, len(order), 256)
+                           for e in backend.encode_batch([texts[r] for r in order[lo:lo + 256]], add_special_tokens=False)],
+                          dtype=np.float64)
     nbytes = table.column("bytes", measure).astype(np.float64)
     if counts.sum() == 0:
         raise UsageError("cannot measure bytes per token: the sampled documents give no tokens")

@@ -326,6 +326,13 @@ def batch_plan(n: int, batch_size: int, seed: int, *, variant: str = "exact", pr
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def batch_lengths(n: int, batch_size: int, *, variant: str = "exact", processes: int = 1) -> list[int]:
+    """Lengths of the batches :func:`batch_plan` cuts a pool of n into (without drawing it)."""
+    if variant == "released":
+        return [batch_size] * (processes * ((n // processes) // batch_size))
+    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+
 def batch_k(batch_len: int, *, batch_size: int, k_per_batch: int | None = None, ratio: float | None = None) -> int:
     """Files to pick from a batch of ``batch_len``: a partial batch gets its proportional share, ≥ 1."""
     if (k_per_batch is None) == (ratio is None):

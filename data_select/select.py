@@ -59,8 +59,8 @@ HASHING_WARNING = ("DiSF on hashing features: in docs/RESULTS.md (c) it did not 
 def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batch_size: int, seed: int,
                    disf_variant: str = "exact", disf_processes: int = 1) -> int:
     """Files DiSF would pick from a pool of n (sum over its batches); baselines pick as many."""
-    plan = disf.batch_plan(n, batch_size, seed, variant=disf_variant, processes=disf_processes)
-    return sum(disf.batch_k(len(b), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for b in plan)
+    return sum(disf.batch_k(b, batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio)
+               for b in disf.batch_lengths(n, batch_size, variant=disf_variant, processes=disf_processes))
 
 
 class RowSubset:
@@ -104,14 +104,20 @@ def _dsir_target_counts(feats: Features, target: str, *, num_buckets: int, seed:
         raise PipelineError(f"dsir target {target!r} is neither a domain of the pool nor readable text: {e}") from None
 
 
-def _fit_sample(table, rows: np.ndarray, seed: int) -> np.ndarray:
-    """``rows`` (ascending), or a seeded subset of them holding about DSIR_FIT_BYTES of text."""
-    sizes = table.column("bytes", rows)
-    if sizes.sum() <= DSIR_FIT_BYTES:
-        return rows
-    order = np.random.default_rng([seed, 11]).permutation(len(rows))
-    take = int(np.searchsorted(np.cumsum(sizes[order]), DSIR_FIT_BYTES, "left")) + 1
-    return np.sort(rows[order[:take]])
+def _fit_sample(table, rows: np.ndarray | None, seed: int) -> np.ndarray:
+    """``rows`` (ascending; None: every row), or a seeded subset of them holding about
+    DSIR_FIT_BYTES of text: each row kept with probability DSIR_FIT_BYTES / their bytes, drawn a
+    chunk at a time so that only the kept rows are ever held."""
+    total = table.total("bytes", rows)
+    n = table.n if rows is None else len(rows)
+    if total <= DSIR_FIT_BYTES:
+        return np.arange(n, dtype=np.int64) if rows is None else rows
+    p = DSIR_FIT_BYTES / total
+    rng = np.random.default_rng([seed, 11])
+    step = 1 << 20
+    kept = [lo + np.flatnonzero(rng.random(min(step, n - lo)) < p) for lo in range(0, n, step)]
+    at = np.concatenate(kept)
+    return at if rows is None else rows[at]
 
 
 def _dsir_keys(feats: Features, target: str | None, seed: int, progress: bool, num_buckets: int = 10_000) -> np.ndarray:
@@ -123,13 +129,12 @@ def _dsir_keys(feats: Features, target: str | None, seed: int, progress: bool, n
     table = feats.table
     table.check_inputs()
     target_counts = _dsir_target_counts(feats, target, num_buckets=num_buckets, seed=seed)
-    total = int(sum(b.sum() for _, b in table.chunks("bytes")))
-    if total <= DSIR_FIT_BYTES:  # small pool: one pass holds its counts (bounded by DSIR_FIT_BYTES of text)
+    if table.total("bytes") <= DSIR_FIT_BYTES:  # small pool: one pass holds its counts (bounded by DSIR_FIT_BYTES of text)
         counts = baselines._vectorizer(num_buckets, (1, 2)).transform([t for _, t in table.texts(range(table.n))])
         ratio = baselines.dsir_log_ratio(np.asarray(counts.sum(axis=0)).ravel(), target_counts)
         log_w = counts @ ratio
     else:
-        fit = _fit_sample(table, np.arange(table.n), seed)
+        fit = _fit_sample(table, None, seed)
         raw = baselines.ngram_totals((t for _, t in table.texts(fit)), num_buckets=num_buckets)
         ratio = baselines.dsir_log_ratio(raw, target_counts)
         log_w = baselines.dsir_log_weights((t for _, t in table.texts(range(table.n), progress=progress)), table.n, ratio)
@@ -257,7 +262,7 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
             picked_pos = np.arange(pool_n) if part is None or part.index == 0 else np.empty(0, np.int64)
         elif method in SHARDED_METHODS:
             matrix = feats.matrix if pool is None else RowSubset(feats.matrix, pool)
-            n_batches = len(disf.plan_for(pool_n, batch_size=size_kw["batch_size"], seed=size_kw["seed"], **variant_kw))
+            n_batches = len(disf.batch_lengths(pool_n, size_kw["batch_size"], **variant_kw))
             batches = None if part is None else range(*_even(n_batches, part))
             picked_pos = disf.select(matrix, **size_kw, **variant_kw, workers=workers, costs=pool_costs,
                                      budget=tokens, batches=batches, progress=progress)
@@ -281,6 +286,7 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
     except (disf.DisfError, baselines.BaselineError) as e:
         raise PipelineError(f"{method} selection on {feats.root}: {e}") from None
     picked = np.asarray(picked_pos if pool is None else pool[picked_pos], dtype=np.int64)
+    del picked_pos, pool, pool_costs
     if part is not None:
         np.save(path / "picks.npy", picked)
         return P.finish_part(path, part_key, {"features_dir": str(feats.root.resolve()), "picks": int(len(picked)),
@@ -340,7 +346,7 @@ def write_selection(out: Path, feats: Features, method: str, params: dict, picke
             for i, r, o in zip(ids, rows, table.ids(originals[lo:lo + len(rows)]))])
     else:
         (out / DEDUPLICATED).write_text("")
-    selected_bytes = int(table.column("bytes", picked).sum()) if picked.size else 0
+    selected_bytes = table.total("bytes", picked)
     record = {
         "format": "budgetlm-selection/2", "method": method, "params": params,
         "features": {"dir": str(feats.root.resolve()), "encoder": feats.meta["encoder"], "fingerprint": feats.fingerprint},

@@ -378,17 +378,24 @@ class Table:
         if rows.size and (rows.min() < 0 or rows.max() >= self.n):
             raise TableError(f"{self.root}: row {int(rows.max() if rows.max() >= self.n else rows.min())} "
                              f"is not in the table ({self.n} rows)")
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
+        ascending = bool(np.all(rows[1:] >= rows[:-1]))
+        order = None if ascending else np.argsort(rows, kind="stable")
+        srt = rows if ascending else rows[order]
         out = np.empty((len(rows), 2) if _width(name) == 2 else len(rows), dtype=_dtype(name))
         i = 0
         while i < len(srt):
             lo = int(srt[i])
             j = int(np.searchsorted(srt, lo + _CHUNK, "left"))
             block = self.read(name, lo, int(srt[j - 1]) + 1)
-            out[order[i:j]] = block[srt[i:j] - lo]
+            out[slice(i, j) if ascending else order[i:j]] = block[srt[i:j] - lo]
             i = j
         return out
+
+    def total(self, name: str, rows: np.ndarray | None = None) -> int:
+        """Sum of a column over all rows or ``rows``, a chunk at a time."""
+        if rows is None:
+            return int(sum(int(c.sum()) for _, c in self.chunks(name)))
+        return int(sum(int(self.column(name, rows[lo:lo + _CHUNK]).sum()) for lo in range(0, len(rows), _CHUNK)))
 
     def ids(self, rows: np.ndarray) -> list[str]:
         """Ids of ``rows`` (in the given order): for output files, a chunk of rows at a time."""
