@@ -34,8 +34,8 @@ from data_select.embed import embed_corpus, load_features
 from data_select.errors import UsageError
 from data_select.io import atomic_write_json
 from data_select.select import (DEDUPLICATED, DEDUPLICATED_ROWS, METHODS, SELECT_META, SELECTION,  # noqa: F401
-                                SELECTION_ROWS, PipelineError, RowSubset, check_size_args, read_selection,
-                                select_features, selection_dir, selection_size)
+                                SELECTION_ROWS, SHARDED_METHODS, PipelineError, RowSubset, check_size_args,
+                                read_selection, select_features, selection_dir, selection_size)
 
 REPORT = "report.json"
 SPECTRUM_PNG = "spectrum.png"
@@ -366,6 +366,10 @@ def _run(cfg: RunConfig, step: str | None, shard: P.Shard | None, merge: bool, g
         s, t = cfg.select, cfg.tokenize
         sel_key = {"features": fingerprint, **_without_workers(s),
                    **({"tokenizer": t.tokenizer, "vocab_size": t.vocab_size} if s.tokens is not None else {})}
+        if s.method not in SHARDED_METHODS and (merge or shard is not None):
+            if merge or shard.index > 0:  # not split into parts: task 0 selects, the others and the merge have nothing to do
+                return {"select": record}
+            shard = None
         if merge:
             from data_select.select import merge_selection
 

@@ -83,3 +83,49 @@ def test_shard_tasks_and_merges_equal_one_process(one_process, capsys):
     assert "0 <= I < N" in capsys.readouterr().err
     assert main(["run", cfg, "--shard", "0/2"]) == 2
     assert "add --step" in capsys.readouterr().err
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# records each job's command (an array: once per task) in $JOBS, in submission order
+array=""; wrap=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --parsable) shift ;;
+    --array) array=$2; shift 2 ;;
+    --wrap) wrap=$2; shift 2 ;;
+    *) shift 2 ;;
+  esac
+done
+if [ -n "$array" ]; then
+  for i in $(seq ${array%-*} ${array#*-}); do echo "${wrap//\\$SLURM_ARRAY_TASK_ID/$i}" >> "$JOBS"; done
+else
+  echo "$wrap" >> "$JOBS"
+fi
+echo $RANDOM
+"""
+
+
+def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path):
+    """launch/curate-slurm.sh with a stand-in sbatch that records the jobs; running them in order
+    gives the one-process outputs."""
+    import os
+    import shlex
+
+    tmp = one_process
+    (tmp_path / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "sbatch").chmod(0o755)
+    cfg = _config(tmp, "slurm", tmp / "corpus")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "JOBS": str(tmp_path / "jobs"),
+           "DATA_SELECT": "data-select", "SBATCH_OPTS": "--time 1:00:00"}
+    proc = subprocess.run(["bash", str(ROOT / "launch" / "curate-slurm.sh"), str(cfg), "2", "report.top_k=5"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    jobs = (tmp_path / "jobs").read_text().splitlines()
+    steps = [j.split("--step ")[1] for j in jobs]
+    assert steps == ["index --shard 0/2", "index --shard 1/2", "index --merge", "embed --shard 0/2", "embed --shard 1/2",
+                     "embed --merge", "select --shard 0/2", "select --shard 1/2", "select --merge",
+                     "tokenize --shard 0/2", "tokenize --shard 1/2", "tokenize --merge", "report"]
+    for job in jobs:
+        args = shlex.split(job)
+        assert args[0] == "data-select" and main(args[1:]) == 0, job
+    _assert_same(tmp / "one", tmp / "slurm")
