@@ -136,3 +136,14 @@ def test_run_reports_files_bytes_estimated_and_actual_tokens(setup, tmp_path, ca
     assert sel["bytes"] == sum(d["selected_bytes"] for d in rep["domains"].values())
     assert {k: d["tokens"] for k, d in rep["domains"].items()} == {k: d["estimated_tokens"] for k, d in rep["domains"].items()}
     assert f"selected: {files:,} files, {sel['bytes']:,} bytes, estimated tokens {written:,}, tokens {written:,}" in out
+
+
+def test_tokenize_refuses_a_selection_of_other_inputs(setup, tmp_path):
+    from data_select.errors import DataSelectError
+    from data_select.tokenize import tokenize_corpus
+
+    select_features(setup / "f", tmp_path / "sel", method="random", ratio=0.1, batch_size=128, progress=False)
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "a b c"}\n')
+    with pytest.raises(DataSelectError, match=r"made with inputs=\[.*corpus\.jsonl.*\], this run has inputs=\[.*other\.jsonl"):
+        tokenize_corpus([other], tmp_path / "tok", selection=tmp_path / "sel", tokenizer=setup / "tok", progress=False)

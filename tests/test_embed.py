@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,7 +184,7 @@ def test_corrupted_features_are_detected(corpus, tmp_path):
         load_features(tmp_path / "nothing-here")
 
 
-def test_parts_merge_to_the_single_process_result(corpus, tmp_path):
+def test_parts_merge_to_the_single_process_result(corpus, tmp_path, monkeypatch):
     from data_select.parts import PartError, Shard
     from data_select.table import index_corpus, merge_index
 
@@ -196,8 +197,17 @@ def test_parts_merge_to_the_single_process_result(corpus, tmp_path):
     for i in range(3):
         index_corpus(inputs, tmp_path / "sharded", shard=Shard(i, 3), progress=False)
     merge_index(tmp_path / "sharded", progress=False)
-    # whole files, balanced by bytes: corpus.jsonl (~25 KB) falls to part 1, b.jsonl (~6 KB) to part 2
-    rows = [embed_corpus(inputs, tmp_path / "sharded", shard=Shard(i, 3), **kw)["rows"] for i in range(3)]
+    # whole files, balanced by bytes: corpus.jsonl (~25 KB) falls to part 1, b.jsonl (~6 KB) to part 2;
+    # a part opens no input file of another part
+    from data_select import sources
+
+    opened, real = [], sources.open_decoded
+    monkeypatch.setattr(sources, "open_decoded", lambda path: opened.append(Path(path).name) or real(path))
+    rows = []
+    for i in range(3):
+        opened.clear()
+        rows.append(embed_corpus(inputs, tmp_path / "sharded", shard=Shard(i, 3), **kw)["rows"])
+        assert set(opened) == [set(), {"corpus.jsonl"}, {"b.jsonl"}][i]
     assert rows == [[0, 0], [0, 120], [120, 150]]
     merged = merge_features(tmp_path / "sharded", progress=False)
     one = tmp_path / "one"
