@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from data_select import parts as P
 from data_select import table as T
 from data_select.errors import DataSelectError, UsageError
-from data_select.io import atomic_write_json
+from data_select.io import atomic_write_json, read_json
 from data_select.sources import Rejections
 
 FORMAT = "budgetlm-features/2"
@@ -337,12 +337,7 @@ def load_features(out_dir: str | os.PathLike) -> Features:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EmbedError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, EmbedError)
 
 
 # --------------------------------------------------------------------------- embedding

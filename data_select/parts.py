@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data_select.errors import DataSelectError, UsageError
-from data_select.io import atomic_write_json
+from data_select.io import atomic_write_json, read_json
 
 DONE = "DONE.json"
 PARTS = "parts"
@@ -98,13 +98,8 @@ def part_dir(root: str | Path, step: str, shard: Shard) -> Path:
 
 
 def read_done(path: Path) -> dict | None:
-    marker = Path(path) / DONE
-    if not marker.is_file():
-        return None
-    try:
-        return json.loads(marker.read_text())
-    except json.JSONDecodeError as e:
-        raise PartError(f"{marker}: not valid JSON ({e}); delete the part to redo it") from None
+    """The completion marker of a part (or of a step's output folder); None when unfinished."""
+    return read_json(Path(path) / DONE, PartError)
 
 
 def start_part(root: str | Path, step: str, shard: Shard, settings: dict) -> tuple[Path, dict | None]:
@@ -158,11 +153,11 @@ def collect_parts(root: str | Path, step: str, settings: dict | None = None) -> 
     for path, done in out[1:] + ([(None, {"key": run_key(settings), "settings": settings})] if settings else []):
         if done["key"] != ref["key"]:
             a, b = ref.get("settings", {}), done.get("settings", {})
-            diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diff = [k for k in list(a) + [k for k in b if k not in a] if a.get(k) != b.get(k)]
             k = diff[0] if diff else "key"
-            what = f"this run's settings" if path is None else str(path)
-            raise PartError(f"parts of different runs: {ref_path} has {k}={str(a.get(k))[:200]!r}, "
-                            f"{what} has {k}={str(b.get(k))[:200]!r}; delete the stale parts")
+            what = "this run's settings" if path is None else str(path)
+            raise PartError(f"parts of different runs: {ref_path} has {k}={repr(a.get(k))[:200]}, "
+                            f"{what} has {k}={repr(b.get(k))[:200]}; delete the stale parts")
     return out
 
 

@@ -2,7 +2,8 @@
 
 Every step writes its outputs first and a small JSON record last (atomically), so a re-run of
 :func:`run` skips steps whose record matches the current settings and inputs, and continues an
-interrupted embedding where it stopped.
+interrupted embedding where it stopped. Under torchrun every step is split over the ranks
+(data_select.parts); one step at a time, as parts and merges, is what a Slurm job array runs.
 
 Accounting (report.json ``accounting``): every input document is exactly one of
 
@@ -11,14 +12,14 @@ Accounting (report.json ``accounting``): every input document is exactly one of
 - ``deduplicated``   embedded, removed as a near-duplicate of a kept document before selection
                      (its own bucket, only for methods ``dedup`` and ``dedup+disf``);
 - ``rejected``       never embedded, by reason (:data:`data_select.sources.REASONS`; a corrupt
-                     compressed file counts once for its unreadable rest).
+                     compressed file counts once for its unreadable rest; a repeated id or text,
+                     ``duplicate_id`` / ``duplicate_content``, is dropped before embedding).
 
 and ``selected + not_selected + deduplicated + rejected.total == input_documents``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 import typing
@@ -28,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from data_select import baselines, budget, disf, spectrum
+from data_select import budget, disf, spectrum
 from data_select import parts as P
 from data_select.embed import embed_corpus, load_features
 from data_select.errors import UsageError
-from data_select.io import atomic_write_json
+from data_select.io import atomic_write_json, read_json
 from data_select.select import (DEDUPLICATED, DEDUPLICATED_ROWS, METHODS, SELECT_META, SELECTION,  # noqa: F401
                                 SELECTION_ROWS, SHARDED_METHODS, PipelineError, RowSubset, check_size_args,
                                 read_selection, select_features, selection_dir, selection_size)
@@ -43,12 +44,7 @@ RUN_LEDGER = "run.json"
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, PipelineError)
 
 
 # --------------------------------------------------------------------------- report

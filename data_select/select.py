@@ -29,7 +29,7 @@ from data_select import baselines, budget, disf
 from data_select import parts as P
 from data_select.embed import Features, load_features
 from data_select.errors import DataSelectError, UsageError
-from data_select.io import atomic_write_json, sha256_file
+from data_select.io import atomic_write_json, read_json, sha256_file
 
 SELECTION = "selection.jsonl"
 SELECTION_ROWS = "selection.npy"
@@ -391,12 +391,7 @@ def _write_rows(path: Path, table, rows: np.ndarray, make, chunk: int = _OUT_CHU
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, PipelineError)
 
 
 def selection_dir(selection: str | os.PathLike) -> Path:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from data_select import parts as P
 from data_select.errors import DataSelectError, NoDocumentsError, UsageError
-from data_select.io import atomic_write_json
+from data_select.io import atomic_write_json, read_json
 from data_select.keyset import KeySet, digest, split_keys
 from data_select.sources import (KIND_PARQUET, KIND_RECORD, KIND_TEXT, Document, Rejections, input_fingerprint,
                                  iter_documents, list_files, read_texts_at)
@@ -228,12 +228,7 @@ class TableWriter:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TableError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, TableError)
 
 
 def _windows(docs: Iterator, size: int) -> Iterator[list]:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from data_select import parts as P
 from data_select import table as T
-from data_select.errors import DataSelectError, UsageError
+from data_select.errors import UsageError
 from data_select.io import atomic_write_text, publish, read_selection_ids, sha256_file, staged_dir
 from data_select.keyset import digest, split_keys
 

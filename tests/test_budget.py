@@ -21,7 +21,7 @@ from data_select import budget, disf
 from data_select.cli import main
 from data_select.embed import embed_corpus, load_features
 from data_select.errors import UsageError
-from data_select.pipeline import load_run_config, run
+from data_select.pipeline import load_run_config
 from data_select.select import HashingFeaturesWarning, select_features
 
 SHORT, LONG = 41, 201  # tokens of a document, EOS included
