@@ -183,7 +183,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("run", help="embed, select, tokenize and report from one YAML config (parts under torchrun)")
     u.add_argument("config", help="YAML config (see configs/data/quickstart.yaml)")
     u.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. select.method=random")
-    u.add_argument("--step", default=None, choices=["index", "embed", "select", "tokenize", "report"],
+    u.add_argument("--step", default=None, choices=["index", "embed", "dedup", "select", "tokenize", "report"],
                    help="run one step only (with --shard / --merge: a Slurm array stage, see launch/curate-slurm.sh)")
     _add_parts_args(u, "of --step")
     u.set_defaults(func=cmd_run)
@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from data_select.pipeline import load_run_config, run
 
     res = run(load_run_config(args.config, args.overrides), step=args.step, shard=args.shard, merge=args.merge)
-    if args.step is not None and (args.shard is not None or args.merge or args.step == "index"):
+    if args.step is not None and (args.shard is not None or args.merge or args.step in ("index", "dedup")):
         print(f"{args.step}{f' part {args.shard}' if args.shard else ' merged' if args.merge else ''}: done")
         return 0
     if "features" in res:

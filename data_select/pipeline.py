@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from data_select import budget, disf, spectrum
+from data_select.baselines import FLAT_MAX
 from data_select import parts as P
 from data_select.embed import embed_corpus, load_features
 from data_select.errors import UsageError
@@ -288,7 +289,7 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
 
 # --------------------------------------------------------------------------- run
 
-STEPS = ("index", "embed", "select", "tokenize", "report")
+STEPS = ("index", "embed", "dedup", "select", "tokenize", "report")
 
 
 def run(cfg: RunConfig, *, step: str | None = None, shard: P.Shard | None = None, merge: bool = False) -> dict:
@@ -303,7 +304,7 @@ def run(cfg: RunConfig, *, step: str | None = None, shard: P.Shard | None = None
     """
     if step is not None and step not in STEPS:
         raise UsageError(f"unknown step {step!r}; choose one of {', '.join(STEPS)}")
-    if (shard is not None or merge) and step in (None, "report"):
+    if (shard is not None or merge) and step in (None, "dedup", "report"):
         raise UsageError("--shard and --merge apply to one step: add --step index|embed|select|tokenize")
     env = P.env_shard()
     if env is None:
@@ -358,6 +359,15 @@ def _run(cfg: RunConfig, step: str | None, shard: P.Shard | None, merge: bool, g
     if not wanted("embed") or step is None:
         fingerprint = load_features(feat_dir).fingerprint
     record = _read_json(out / SELECT_META)
+    if step == "dedup":  # one task, between the embed merge and a split selection (launch/curate-slurm.sh)
+        s = cfg.select
+        if not s.method.startswith("dedup"):
+            return {"dedup": None}
+        from data_select.select import dedup_step
+
+        return {"dedup": dedup_step(feat_dir, out, threshold=s.dedup_threshold, nlist=s.nlist, seed=s.seed,
+                                    nprobe=s.nprobe if (s.nlist or load_features(feat_dir).n > FLAT_MAX) else None,
+                                    progress=cfg.progress)}
     if wanted("select"):
         s, t = cfg.select, cfg.tokenize
         sel_key = {"features": fingerprint, **_without_workers(s),

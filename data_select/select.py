@@ -141,23 +141,54 @@ def _dsir_keys(feats: Features, target: str | None, seed: int, progress: bool, n
     return baselines.gumbel_keys(log_w, seed)
 
 
-def _dedup(feats: Features, out: Path, key: dict, shard: P.Shard | None, group, progress: bool, **kw) -> np.ndarray:
-    """``dup_of`` of every row (−1 kept). A sharded selection computes it once and keeps it in the
-    parts folder for every part (torchrun: rank 0, the others wait)."""
-    if shard is None:
-        return baselines.dedup(feats.matrix, workdir=out, progress=progress, **kw)[1]
-    cache = out / P.PARTS / "dedup"
-    done = P.read_done(cache)
-    if not (done and done.get("key") == P.run_key(key)) and (group is None or shard.index == 0):
+def _dedup_key(feats: Features, threshold: float, nlist: int | None, nprobe: int | None, seed: int) -> dict:
+    return {"features": feats.fingerprint, "threshold": threshold, "nlist": nlist, "nprobe": nprobe, "seed": seed}
+
+
+def _dedup_cache(out: Path, key: dict) -> np.ndarray | None:
+    done = P.read_done(out / P.PARTS / "dedup")
+    return np.load(out / P.PARTS / "dedup" / "dup_of.npy") if done and done.get("key") == P.run_key(key) else None
+
+
+def dedup_step(features_dir: str | os.PathLike, out_dir: str | os.PathLike, *, threshold: float = 0.95,
+               nlist: int | None = None, nprobe: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """The near-duplicate pass of a dedup selection, computed once into ``out_dir``/parts/dedup
+    (``data-select run --step dedup``), so that the tasks of a split selection reuse it instead
+    of each computing it."""
+    feats = load_features(features_dir)
+    out = Path(out_dir)
+    key = _dedup_key(feats, threshold, nlist, nprobe, seed)
+    if _dedup_cache(out, key) is None:
+        dup_of = baselines.dedup(feats.matrix, threshold=threshold, nlist=nlist,
+                                 nprobe=nprobe or baselines.DEFAULT_NPROBE, seed=seed, workdir=out, progress=progress)[1]
+        cache = out / P.PARTS / "dedup"
         cache.mkdir(parents=True, exist_ok=True)
-        dup_of = baselines.dedup(feats.matrix, workdir=out, progress=progress, **kw)[1]
         tmp = cache / f".dup_of-{os.getpid()}.npy"
         np.save(tmp, dup_of)
         os.replace(tmp, cache / "dup_of.npy")
         P.finish_part(cache, key, {})
+    return P.read_done(out / P.PARTS / "dedup")
+
+
+def _dedup(feats: Features, out: Path, params: dict, shard: P.Shard | None, group, progress: bool) -> np.ndarray:
+    """``dup_of`` of every row (−1 kept): the cached pass of :func:`dedup_step` when there is one;
+    a split selection computes it once (torchrun: rank 0 while the others wait; array tasks: each
+    task that finds no cache, so run ``--step dedup`` first) and keeps it for every part."""
+    key = _dedup_key(feats, params["dedup_threshold"], params["nlist"], params["nprobe"], params["seed"])
+    if group is not None:
+        group.barrier()  # every rank looks for the cache before rank 0 may write it
+    cached = _dedup_cache(out, key)
+    if cached is not None:
+        return cached
+    kw = dict(threshold=params["dedup_threshold"], nlist=params["nlist"], seed=params["seed"], progress=progress)
+    if shard is None:
+        return baselines.dedup(feats.matrix, nprobe=params["nprobe"] or baselines.DEFAULT_NPROBE, workdir=out,
+                               **{k: v for k, v in kw.items() if k != "progress"}, progress=progress)[1]
+    if group is None or shard.index == 0:
+        dedup_step(feats.root, out, nprobe=params["nprobe"], **kw)
     if group is not None:
         group.barrier()
-    return np.load(cache / "dup_of.npy")
+    return _dedup_cache(out, key)
 
 
 def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str = "disf",
@@ -247,9 +278,7 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
     everything = False
     try:
         if method.startswith("dedup"):
-            dedup_kw = dict(threshold=params["dedup_threshold"], nlist=params["nlist"],
-                            nprobe=params["nprobe"] or baselines.DEFAULT_NPROBE, seed=params["seed"])
-            dup_of = _dedup(feats, out, {**settings, "step": "dedup"}, part, group, progress, **dedup_kw)
+            dup_of = _dedup(feats, out, params, part, group, progress)
             pool = np.flatnonzero(dup_of < 0)
         pool_n = table.n if pool is None else len(pool)
         if tokens is not None:
@@ -291,8 +320,10 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
         np.save(path / "picks.npy", picked)
         return P.finish_part(path, part_key, {"features_dir": str(feats.root.resolve()), "picks": int(len(picked)),
                                               "estimate": estimate, "everything": everything, "warnings": warned})
-    return write_selection(out, feats, method, params, picked, dup_of, estimate=estimate, costs=costs,
-                           everything=everything, warned=warned, progress=progress)
+    record = write_selection(out, feats, method, params, picked, dup_of, estimate=estimate, costs=costs,
+                             everything=everything, warned=warned, progress=progress)
+    P.remove_parts(out, "dedup")
+    return record
 
 
 def _even(n: int, part: P.Shard) -> tuple[int, int]:

@@ -15,6 +15,10 @@ overrides=$(printf ' %q' "$@")
 read -r -a opts <<< "${SBATCH_OPTS:-}"
 dep=()
 for step in index embed select tokenize; do
+  if [ "$step" = select ]; then  # the near-duplicate pass of a dedup method, once (a no-op otherwise)
+    dedup=$(sbatch --parsable "${opts[@]}" "${dep[@]}" --job-name curate-dedup --wrap "$ds run $config$overrides --step dedup")
+    dep=(--dependency "afterok:${dedup%%;*}")
+  fi
   array=$(sbatch --parsable "${opts[@]}" "${dep[@]}" --job-name "curate-$step" --array "0-$((n - 1))" \
     --wrap "$ds run $config$overrides --step $step --shard \$SLURM_ARRAY_TASK_ID/$n")
   merged=$(sbatch --parsable "${opts[@]}" --dependency "afterok:${array%%;*}" --job-name "curate-$step-merge" \

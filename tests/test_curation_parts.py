@@ -105,7 +105,7 @@ echo $RANDOM
 """
 
 
-def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path):
+def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path, monkeypatch):
     """launch/curate-slurm.sh with a stand-in sbatch that records the jobs; running them in order
     gives the one-process outputs."""
     import os
@@ -123,9 +123,14 @@ def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path):
     jobs = (tmp_path / "jobs").read_text().splitlines()
     steps = [j.split("--step ")[1] for j in jobs]
     assert steps == ["index --shard 0/2", "index --shard 1/2", "index --merge", "embed --shard 0/2", "embed --shard 1/2",
-                     "embed --merge", "select --shard 0/2", "select --shard 1/2", "select --merge",
+                     "embed --merge", "dedup", "select --shard 0/2", "select --shard 1/2", "select --merge",
                      "tokenize --shard 0/2", "tokenize --shard 1/2", "tokenize --merge", "report"]
+    from data_select import baselines
+
+    passes, real = [], baselines.dedup
+    monkeypatch.setattr(baselines, "dedup", lambda *a, **k: passes.append(1) or real(*a, **k))
     for job in jobs:
         args = shlex.split(job)
         assert args[0] == "data-select" and main(args[1:]) == 0, job
+    assert len(passes) == 1, "the near-duplicate pass runs once (--step dedup), every select task reuses it"
     _assert_same(tmp / "one", tmp / "slurm")
