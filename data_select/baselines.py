@@ -38,7 +38,7 @@ def random_select(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
 
 
-def _vectorizer(num_buckets: int, ngrams: tuple[int, int]):
+def vectorizer(num_buckets: int, ngrams: tuple[int, int]):
     """Lower-cased word n-grams hashed with murmur3 into ``num_buckets`` counts (stable)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -46,7 +46,7 @@ def _vectorizer(num_buckets: int, ngrams: tuple[int, int]):
                              norm=None, lowercase=True, token_pattern=r"(?u)\b\w+\b|[^\w\s]")
 
 
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunked(texts: Iterable[str], size: int) -> Iterator[list[str]]:
     it = iter(texts)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
@@ -55,9 +55,9 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 def ngram_totals(texts: Iterable[str], *, num_buckets: int = 10_000, ngrams: tuple[int, int] = (1, 2),
                  chunk: int = 1024) -> np.ndarray:
     """Summed hashed n-gram counts of ``texts``, streamed a chunk at a time."""
-    vec = _vectorizer(num_buckets, ngrams)
+    vec = vectorizer(num_buckets, ngrams)
     total = np.zeros(num_buckets, dtype=np.float64)
-    for part in _chunks(texts, chunk):
+    for part in chunked(texts, chunk):
         total += np.asarray(vec.transform(part).sum(axis=0)).ravel()
     return total
 
@@ -72,10 +72,10 @@ def dsir_log_ratio(raw_counts: np.ndarray, target_counts: np.ndarray, pseudocoun
 def dsir_log_weights(texts: Iterable[str], n: int, log_ratio: np.ndarray, *, ngrams: tuple[int, int] = (1, 2),
                      chunk: int = 1024) -> np.ndarray:
     """Log importance weight Σ_b count_b · log_ratio_b of each of the ``n`` texts, streamed."""
-    vec = _vectorizer(len(log_ratio), ngrams)
+    vec = vectorizer(len(log_ratio), ngrams)
     out = np.empty(n, dtype=np.float64)
     at = 0
-    for part in _chunks(texts, chunk):
+    for part in chunked(texts, chunk):
         out[at:at + len(part)] = vec.transform(part) @ log_ratio
         at += len(part)
     if at != n:

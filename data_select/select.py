@@ -129,8 +129,12 @@ def _dsir_keys(feats: Features, target: str | None, seed: int, progress: bool, n
     table = feats.table
     table.check_inputs()
     target_counts = _dsir_target_counts(feats, target, num_buckets=num_buckets, seed=seed)
-    if table.total("bytes") <= DSIR_FIT_BYTES:  # small pool: one pass holds its counts (bounded by DSIR_FIT_BYTES of text)
-        counts = baselines._vectorizer(num_buckets, (1, 2)).transform([t for _, t in table.texts(range(table.n))])
+    if table.total("bytes") <= DSIR_FIT_BYTES:  # small pool: one pass keeps its sparse counts (never its texts)
+        import scipy.sparse
+
+        vec = baselines.vectorizer(num_buckets, (1, 2))
+        counts = scipy.sparse.vstack([vec.transform(c) for c in baselines.chunked(
+            (t for _, t in table.texts(range(table.n), progress=progress)), 1024)]).tocsr()
         ratio = baselines.dsir_log_ratio(np.asarray(counts.sum(axis=0)).ravel(), target_counts)
         log_w = counts @ ratio
     else:
@@ -260,6 +264,12 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
             part: P.Shard | None, group, workers: int, progress: bool) -> dict:
     """The selection (or one DiSF part of it) of a validated request."""
     table = feats.table
+    dup_of = np.full(0, -1, dtype=np.int64)
+    if method.startswith("dedup"):  # first: under torchrun every rank meets in there, finished part or not
+        try:
+            dup_of = _dedup(feats, out, params, part, group, progress)
+        except baselines.BaselineError as e:
+            raise PipelineError(f"{method} selection on {feats.root}: {e}") from None
     part_key = {**settings, "parts": part.count} if part is not None else None
     if part is not None:
         path, done = P.start_part(out, "select", part, part_key)
@@ -272,14 +282,10 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
     variant_kw = dict(variant=params["disf_variant"] or "exact", processes=params["disf_processes"] or 1)
     count_kw = dict(disf_variant=variant_kw["variant"], disf_processes=variant_kw["processes"], **size_kw)
     tokens = params["tokens"]
-    dup_of = np.full(0, -1, dtype=np.int64)
-    pool = None  # rows the method picks from (None: every row)
+    pool = np.flatnonzero(dup_of < 0) if method.startswith("dedup") else None  # rows to pick from (None: all)
     estimate = costs = pool_costs = None
     everything = False
     try:
-        if method.startswith("dedup"):
-            dup_of = _dedup(feats, out, params, part, group, progress)
-            pool = np.flatnonzero(dup_of < 0)
         pool_n = table.n if pool is None else len(pool)
         if tokens is not None:
             estimate = budget.measure_bytes_per_token(table, tokenizer=params["tokenizer"],

@@ -434,15 +434,15 @@ def _tokenize(out: Path, settings: dict, part: P.Shard | None, group: P.Group | 
     table, rows = _documents(settings["inputs"], out, settings["selection"], reader, part, group, progress)
     selected = _selection_key(table, rows)
     settings = {**settings, "table": table.fingerprint, "rows": selected}
+    if part is None:
+        (out / "manifest.json").unlink(missing_ok=True)
+    tok_dir, kind = _tokenizer_for(out, settings, table, rows, part, group, progress)  # torchrun ranks meet here
     if part is not None:
         key = {**settings, "parts": part.count}
         path, done = P.start_part(out, "tokenize", part, key)
         if done is not None:
             return done
-    else:
-        (out / "manifest.json").unlink(missing_ok=True)
     split = _Split(_hashes(table, rows, settings["seed"], "split"), settings["val_fraction"])
-    tok_dir, kind = _tokenizer_for(out, settings, table, rows, part, group, progress)
     tok = load_tokenizer(tok_dir)
     if tok.eos_token_id is None:
         raise UsageError(f"tokenizer {settings['tokenizer']} defines no EOS token; documents need one as separator")
@@ -508,6 +508,7 @@ def _tokenizer_for(out: Path, settings: dict, table: T.Table, rows, part: P.Shar
             P.finish_part(staging, key, {"kind": kind})
             if home.exists():
                 shutil.rmtree(home, ignore_errors=True)
+            home.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(staging, home)
             except OSError:

@@ -71,9 +71,15 @@ def test_shard_tasks_and_merges_equal_one_process(one_process, capsys):
     cfg = str(_config(tmp, "arr", tmp / "corpus"))
     assert main(["run", cfg, "--step", "embed", "--shard", "0/2"]) == 2
     assert "needs the document table" in capsys.readouterr().err
+    parts = {"index": tmp / "arr" / "features", "embed": tmp / "arr" / "features", "select": tmp / "arr",
+             "tokenize": tmp / "arr" / "tokens"}
     for step in ("index", "embed", "select", "tokenize"):
         for i in (1, 0):
             assert main(["run", cfg, "--step", step, "--shard", f"{i}/2"]) == 0, step
+        done = parts[step] / "parts" / f"{step}-00001-of-00002" / "DONE.json"
+        before = done.read_bytes()
+        assert main(["run", cfg, "--step", step, "--shard", "1/2"]) == 0, step  # a re-run skips a finished part
+        assert done.read_bytes() == before, step
         assert main(["run", cfg, "--step", step, "--merge"]) == 0, step
     assert main(["run", cfg, "--step", "report"]) == 0
     out = capsys.readouterr().out

@@ -84,7 +84,11 @@ def main() -> None:
              "taken within one run, so machine load affects both sides alike; absolute speeds vary with load.", "",
              "| what | setting | result | goal | script |", "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | `tools/bench/{e}` |" for a, b, c, d, e in rows]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    old = out.read_text().splitlines() if out.is_file() else []
+    kept = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
+    lines += [""] + old[kept:] if kept < len(old) else []  # sections of other benchmarks (## ...) are kept
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
