@@ -250,8 +250,10 @@ def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike,
         return _select(feats, out, method, params, settings, warned, shard, None, workers, progress)
     with P.Group(env) as group:
         sharded = method in SHARDED_METHODS
-        if sharded or env.index == 0:
-            _select(feats, out, method, params, settings, warned, env if sharded else None, group, workers, progress)
+        if sharded:
+            _select(feats, out, method, params, settings, warned, env, group, workers, progress)
+        elif env.index == 0:  # not split: rank 0 selects alone while the others wait below
+            _select(feats, out, method, params, settings, warned, None, None, workers, progress)
         group.barrier()
         if sharded:
             if env.index == 0:

@@ -140,3 +140,55 @@ def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path, monkey
         assert args[0] == "data-select" and main(args[1:]) == 0, job
     assert len(passes) == 1, "the near-duplicate pass runs once (--step dedup), every select task reuses it"
     _assert_same(tmp / "one", tmp / "slurm")
+
+
+@pytest.mark.parametrize("method", ["dedup", "random", "disf", "dedup+disf"])
+def test_ranks_meet_at_the_same_barriers(one_process, tmp_path, monkeypatch, method):
+    """Two ranks as two threads joined by a real barrier (a rank that skipped or added a barrier
+    breaks it): methods split into parts and methods rank 0 runs alone both end with the same
+    selection as one process."""
+    import threading
+
+    import numpy as np
+
+    from data_select import parts as P
+    from data_select.select import select_features
+
+    local = threading.local()
+    gate = threading.Barrier(2, timeout=60)
+
+    class Group:
+        def __init__(self, shard):
+            self.shard = shard
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def barrier(self):
+            gate.wait()
+
+    monkeypatch.setattr(P, "Group", Group)
+    monkeypatch.setattr(P, "env_shard", lambda: local.shard)
+    feats = one_process / "one" / "features"
+    errors = []
+
+    def rank(i):
+        local.shard = P.Shard(i, 2)
+        try:
+            select_features(feats, tmp_path / "two", method=method, ratio=0.25, batch_size=32, progress=False)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            gate.abort()
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    local.shard = None
+    select_features(feats, tmp_path / "one", method=method, ratio=0.25, batch_size=32, progress=False)
+    assert np.array_equal(np.load(tmp_path / "one" / "selection.npy"), np.load(tmp_path / "two" / "selection.npy"))
