@@ -8,11 +8,12 @@ step on both as a child process, and reads each child's peak resident memory fro
 - growth per document = (peak at 2N − peak at N) / N, for each step (goal: <= 64 bytes);
 - documents per second of each step at both sizes;
 - the projection of each step's peak to 590 M documents (SlimPajama), peak(2N) + growth·(590M − 2N);
-- tokenizing a 1/64 DiSF selection against tokenizing everything (seconds and ratio).
+- tokenizing a 1/64 selection (DiSF, random) against tokenizing everything (seconds and ratio).
 
 Steps: embed (hashing encoder: one pass that writes the document table and the features),
 select with disf, random, dsir, dedup, dedup+disf and disf by token budget, report, tokenize
---selection, and (for comparison) tokenize of the whole corpus. Every step uses one worker.
+--selection (of the DiSF and of the random selection), and (for comparison) tokenize of the whole
+corpus. Every step uses one worker.
 
     python tools/bench/bench_curation_scale.py --work /tmp/curation-bench [--sizes 1000000 2000000]
 
@@ -116,6 +117,9 @@ def steps(corpus: Path, work: Path, tokenizer: Path) -> list[tuple[str, list[str
         ("report", ["report", "--features", f, "--selection", sel("disf"), "--out", sel("disf")]),
         ("tokenize --selection", ["tokenize", str(corpus), "--out", str(work / "tok-sel"), "--selection", sel("disf"),
                                   "--tokenizer", str(tokenizer), "--workers", "1", *q]),
+        ("tokenize --selection (random)", ["tokenize", str(corpus), "--out", str(work / "tok-rnd"),
+                                           "--selection", sel("random"), "--tokenizer", str(tokenizer), "--workers", "1",
+                                           *q]),
         ("tokenize all (reference)", ["tokenize", str(corpus), "--out", str(work / "tok-all"),
                                       "--tokenizer", str(tokenizer), "--workers", "1", *q]),
     ]
@@ -153,8 +157,11 @@ def main() -> None:
             r["docs_per_s"] = round(n / r["seconds"], 1)
             results["steps"].setdefault(name, {})[n] = r
             print(f"{n:>9,} {name:26s} {r['seconds']:8.1f} s {r['peak_kb'] / 1024:9.1f} MiB", flush=True)
-        manifest = json.loads((out / "tok-sel" / "manifest.json").read_text())
-        results.setdefault("tokenize_share", {})[n] = manifest["sources"]["documents"] / manifest["sources"]["read"]
+        for name, folder in (("disf", "tok-sel"), ("random", "tok-rnd"), ("all", "tok-all")):
+            m = json.loads((out / folder / "manifest.json").read_text())
+            results.setdefault("tokenized", {}).setdefault(n, {})[name] = {
+                "documents": m["sources"]["documents"], "pool": m["sources"]["read"],
+                "tokens": m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]}
         if not args.keep:
             shutil.rmtree(out)
     write(results, args.work)
@@ -172,18 +179,22 @@ def write(results: dict, work: Path) -> None:
                      "seconds_a": by[a]["seconds"], "seconds_b": by[b]["seconds"], "projected_gib": proj / 2**30,
                      "ok": growth <= GOAL})
     results["table"] = rows
-    tok = {n: (results["steps"]["tokenize --selection"][n]["seconds"], results["steps"]["tokenize all (reference)"][n]["seconds"])
-           for n in (a, b)}
+    step_of = {"disf": "tokenize --selection", "random": "tokenize --selection (random)", "all": "tokenize all (reference)"}
     lines = [f"| step | peak RSS {a:,} docs | peak RSS {b:,} docs | growth per document | docs/s at {a:,} | "
              f"docs/s at {b:,} | projected peak at 590M docs |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['step']} | {r['peak_a_mib']:,.0f} MiB | {r['peak_b_mib']:,.0f} MiB | "
                      f"{r['bytes_per_doc']:.1f} B{'' if r['ok'] else ' (over 64)'} | {r['docs_per_s_a']:,.0f} | "
                      f"{r['docs_per_s_b']:,.0f} | {r['projected_gib']:,.1f} GiB |")
+    lines += ["", "| tokenize | documents | tokens | seconds | share of the time for everything |", "|---|---|---|---|---|"]
     for n in (a, b):
-        sel_s, all_s = tok[n]
-        lines.append(f"\nTokenizing the 1/64 DiSF selection ({results['tokenize_share'][n]:.2%} of the documents) of "
-                     f"{n:,} documents: {sel_s:.1f} s vs {all_s:.1f} s for everything ({sel_s / all_s:.3f}x).")
+        tk = results["tokenized"][n]
+        all_s = results["steps"][step_of["all"]][n]["seconds"]
+        for name in ("disf", "random", "all"):
+            sec = results["steps"][step_of[name]][n]["seconds"]
+            lines.append(f"| {name if name == 'all' else f'1/64 {name} selection'} of {n:,} | {tk[name]['documents']:,} "
+                         f"({tk[name]['documents'] / tk[name]['pool']:.2%}) | {tk[name]['tokens']:,} "
+                         f"({tk[name]['tokens'] / tk['all']['tokens']:.2%}) | {sec:.1f} | {sec / all_s:.3f} |")
     results["markdown"] = "\n".join(lines)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     (work / "results.md").write_text(results["markdown"] + "\n")
