@@ -438,13 +438,17 @@ class Table:
                     yield t[3], t[4], t[5]
 
             path = self.files[file]
-            for text in read_texts_at(path, first[2], locations(), text_field):
-                r, key = pending.popleft()
-                if digest(text.encode("utf-8")) != key:
-                    raise TableError(f"{path}: the document of row {r} changed since the table was written; "
-                                     "re-run `data-select embed --overwrite` (or index) on the current inputs")
-                bar.update()
-                yield r, text
+            try:
+                for text in read_texts_at(path, first[2], locations(), text_field):
+                    r, key = pending.popleft()
+                    if digest(text.encode("utf-8")) != key:
+                        raise TableError(f"{path}: the document of row {r} changed since the table was written; "
+                                         "re-run `data-select embed --overwrite` (or index) on the current inputs")
+                    bar.update()
+                    yield r, text
+            except OSError as e:
+                raise TableError(f"{path}: cannot read it again ({e.strerror or e}); the table was written from it, "
+                                 "re-run `data-select embed --overwrite` (or index) on the current inputs") from None
         bar.close()
 
 

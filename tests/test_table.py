@@ -121,6 +121,9 @@ def test_texts_are_read_back_at_their_locations_and_changes_are_caught(tmp_path)
     _records(root / "a.jsonl", [{"text": t.upper()} for t in docs[:20]])  # same sizes, other texts
     with pytest.raises(T.TableError, match=r"a\.jsonl: the document of row 0 changed"):
         list(table.texts(rows))
+    (root / "b.jsonl.gz").unlink()
+    with pytest.raises(T.TableError, match=r"b\.jsonl\.gz: cannot read it again"):
+        list(table.texts(rows[3:]))
 
 
 def test_commits_rewrite_counters_only(tmp_path):
