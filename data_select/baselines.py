@@ -252,12 +252,22 @@ def _greedy(pairs: _Pairs, dup_of: np.ndarray) -> None:
                     break
 
 
+def _bernoulli_rows(n: int, m: int, seed: int) -> np.ndarray:
+    """About m of range(n), ascending, each row kept with probability m/n (seeded), drawn a chunk
+    at a time: no permutation of n is ever held."""
+    if m >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    step = 1 << 20
+    return np.concatenate([lo + np.flatnonzero(rng.random(min(step, n - lo)) < m / n) for lo in range(0, n, step)])
+
+
 def _ivf_pairs(features, nlist: int, nprobe: int, seed: int, train_size: int, threshold: float, pairs: _Pairs,
                tmp: Path, block: int, progress: bool) -> None:
     import faiss
 
     n, d = features.shape
-    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max(train_size, 39 * nlist)), replace=False))
+    sample = _bernoulli_rows(n, min(n, max(train_size, 39 * nlist)), seed)
     if len(sample) < nlist:
         raise BaselineError(f"nlist={nlist} exceeds the {len(sample)} rows available to train it")
     km = faiss.Kmeans(d, nlist, niter=10, seed=seed, spherical=True, verbose=False)

@@ -315,14 +315,14 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
                 picked_pos = baselines.top_k(keys, selection_size(pool_n, **count_kw))
             else:
                 picked_pos = np.sort(budget.prefix_reaching(np.argsort(-keys, kind="stable"), pool_costs, tokens))
-        elif tokens is None:  # dedup: every non-duplicate
-            picked_pos = np.arange(pool_n)
+        elif tokens is None:  # dedup: every non-duplicate (the pool itself)
+            picked_pos = None
         else:  # dedup under a budget: non-duplicates in a seeded random order
             order = np.random.default_rng(params["seed"]).permutation(pool_n)
             picked_pos = np.sort(budget.prefix_reaching(order, pool_costs, tokens))
     except (disf.DisfError, baselines.BaselineError) as e:
         raise PipelineError(f"{method} selection on {feats.root}: {e}") from None
-    picked = np.asarray(picked_pos if pool is None else pool[picked_pos], dtype=np.int64)
+    picked = pool if picked_pos is None else np.asarray(picked_pos if pool is None else pool[picked_pos], dtype=np.int64)
     del picked_pos, pool, pool_costs
     if part is not None:
         np.save(path / "picks.npy", picked)
