@@ -1104,6 +1104,17 @@ def _read_file(r: _Reader, path: Path, rel: str, index: int, source: str) -> Ite
             yield from _read_text(r, stream, rel, index, source)
 
 
+def ids_may_repeat(listing: list[InputFile], id_field: str | None) -> bool:
+    """Whether two documents of ``listing`` can share an id. Ids from an ``id_field`` can; the
+    reader's own ids (``rel`` of a text file, ``rel:n`` of a record) are unique, since listed
+    files have distinct relative paths, unless a file is named like a record of another file
+    (``a.jsonl:3`` next to ``a.jsonl``). When they cannot, no set of ids is kept."""
+    if id_field:
+        return True
+    rels = {f.rel for f in listing}
+    return any(m and m.group(1) in rels for m in (re.match(r"^(.+):\d+$", r) for r in rels))
+
+
 _WINDOW_DOCS = 1024  # documents judged for repeated ids/texts at once
 _WINDOW_BYTES = 16 << 20  # ... or fewer, when their texts add up to this
 
@@ -1172,6 +1183,7 @@ def iter_documents(inputs: list[str | Path], *, text_field: str = "text", domain
     listing = scan_inputs(inputs)
     chosen = range(len(listing)) if files is None else sorted(set(files))
     yielded = 0
+    dedup = dedup and ids_may_repeat(listing, id_field)
     for doc in _unique(_valid_documents(r, listing, chosen, domain_from_dir, progress), rej, dedup, dedup_content, keys):
         yielded += 1
         yield doc

@@ -38,8 +38,8 @@ from data_select import parts as P
 from data_select.errors import DataSelectError, NoDocumentsError, UsageError
 from data_select.io import atomic_write_json, read_json
 from data_select.keyset import KeySet, digest, split_keys
-from data_select.sources import (KIND_PARQUET, KIND_RECORD, KIND_TEXT, Document, Rejections, input_fingerprint,
-                                 iter_documents, list_files, read_texts_at)
+from data_select.sources import (KIND_PARQUET, KIND_RECORD, KIND_TEXT, Document, Rejections, ids_may_repeat,
+                                 input_fingerprint, iter_documents, list_files, read_texts_at, scan_inputs)
 
 FORMAT = "budgetlm-table/1"
 DIR = "table"
@@ -470,6 +470,7 @@ def merge_parts(root: str | Path, parts: Sequence[Path], settings: dict, *, prog
     writer = open_writer(root, settings)
     rej = Rejections()
     ids, texts = KeySet(), KeySet()
+    check_ids = ids_may_repeat(scan_inputs(settings["inputs"]), settings["id_field"])
     bar = tqdm(total=sum(t.n for t in tables), desc="merge table parts", unit="doc", disable=not progress)
     try:
         for t in tables:
@@ -477,7 +478,7 @@ def merge_parts(root: str | Path, parts: Sequence[Path], settings: dict, *, prog
             for lo in range(0, t.n, _CHUNK):
                 hi = min(t.n, lo + _CHUNK)
                 cols = {name: t.read(name, lo, hi) for name in COLUMNS}
-                dup_id = ids.check_add(*split_keys(cols["id_key"]))
+                dup_id = ids.check_add(*split_keys(cols["id_key"])) if check_ids else np.zeros(hi - lo, dtype=bool)
                 dup_text = texts.check_add(*split_keys(cols["key"]))
                 dup_text &= ~dup_id
                 keep = ~(dup_id | dup_text)

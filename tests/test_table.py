@@ -153,3 +153,16 @@ def test_a_domain_field_that_is_not_a_label_is_refused(tmp_path, monkeypatch):
     _records(tmp_path / "a.jsonl", [{"text": f"t{i}", "domain": f"url-{i}"} for i in range(5)])
     with pytest.raises(Exception, match="more than 3 distinct values"):
         T.build_table(tmp_path / "t", T.table_settings([str(tmp_path / "a.jsonl")]), progress=False)
+
+
+def test_reader_ids_can_only_repeat_through_a_file_named_like_a_record(tmp_path):
+    """The reader's own ids are unique, so no id set is kept, unless a file is named like a
+    record of another file: then `a.jsonl:2` (a text file) repeats the id of line 2 of a.jsonl."""
+    _records(tmp_path / "a.jsonl", [{"text": f"record {i}"} for i in range(3)])
+    listing = sources.scan_inputs([tmp_path])
+    assert not sources.ids_may_repeat(listing, None) and sources.ids_may_repeat(listing, "id")
+    (tmp_path / "a.jsonl:2").write_text("a text file named like a record")
+    assert sources.ids_may_repeat(sources.scan_inputs([tmp_path]), None)
+    rej = Rejections()
+    docs = list(iter_documents([tmp_path], rejections=rej))
+    assert [d.id for d in docs] == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"] and rej.counts == {"duplicate_id": 1}
