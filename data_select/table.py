@@ -175,8 +175,9 @@ class TableWriter:
         self._files[name].write(data)
         self._sha[name].update(data)
 
-    def append_documents(self, docs: Sequence[Document]) -> None:
-        """Rows for documents read with keys (``Document.key`` / ``id_key`` set)."""
+    def append_documents(self, docs: Sequence[Document], chars: Sequence[int] | None = None) -> None:
+        """Rows for documents read with keys (``Document.key`` / ``id_key`` set); ``chars``: the
+        texts' lengths when the texts were already dropped."""
         ids = [d.id.encode("utf-8", "surrogatepass") for d in docs]
         cols = {
             "file": np.fromiter((d.file for d in docs), np.int32, len(docs)),
@@ -185,7 +186,7 @@ class TableWriter:
             "record": np.fromiter((d.record for d in docs), np.int64, len(docs)),
             "length": np.fromiter((d.nbytes for d in docs), np.int64, len(docs)),
             "bytes": np.fromiter((d.size for d in docs), np.int64, len(docs)),
-            "chars": np.fromiter((len(d.text) for d in docs), np.int64, len(docs)),
+            "chars": np.fromiter((len(d.text) for d in docs) if chars is None else chars, np.int64, len(docs)),
             "domain": np.fromiter((self.code(d.domain) for d in docs), np.int32, len(docs)),
             "key": np.frombuffer(b"".join(d.key for d in docs), dtype="<u8"),
             "id_key": np.frombuffer(b"".join(d.id_key for d in docs), dtype="<u8"),
@@ -279,13 +280,20 @@ def build_table(root: str | Path, settings: dict, *, part: P.Shard | None = None
     seen = 0
     last = time.monotonic()
     bar = tqdm(desc="index" + (f" part {part}" if part else ""), unit="doc", initial=skip, disable=not progress)
+    def light(docs: Iterator[Document]) -> Iterator[tuple[Document, int]]:
+        for d in docs:  # the texts are not needed here: a window holds metadata only
+            n = len(d.text)
+            d.text = ""
+            yield d, n
+
     try:
-        for window in _windows(read_documents(settings, dedup=part is None, files=files, rejections=rej), commit_rows):
+        docs = light(read_documents(settings, dedup=part is None, files=files, rejections=rej))
+        for window in _windows(docs, commit_rows):
             seen += len(window)
             new = window[max(0, skip - (seen - len(window))):]
             if not new:
                 continue
-            writer.append_documents(new)
+            writer.append_documents([d for d, _ in new], [c for _, c in new])
             bar.update(len(new))
             if time.monotonic() - last >= commit_seconds:
                 writer.commit()
