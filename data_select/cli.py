@@ -25,20 +25,42 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--full", action="store_true", help="every source, no per-domain cap (>= 300 MB; default: small, a few MB)")
     c.add_argument("--cache", default=None, help="download/unpack cache (default: ~/.cache/budgetlm/corpus)")
     c.add_argument("--domains", default=None, help="comma-separated subset of domains (default: all)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--allow-partial", action="store_true",
+                   help="keep a build with missing domains and exit 0 (default: exit 1 after its summary)")
+    g.add_argument("--fallback", metavar="DIR", default=None,
+                   help="when the Debian corpus cannot be built completely, use the complete corpus in DIR "
+                        "(e.g. the committed sample tests/fixtures/corpus) and say so")
     c.set_defaults(func=cmd_corpus)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from data_select.corpus import CorpusError, build_corpus, summary_table
+    from data_select.corpus import CorpusError, build_corpus, build_or_fallback, status_line, summary_table
 
-    domains = args.domains.split(",") if args.domains else None
+    kw = dict(size="full" if args.full else "small", cache_dir=args.cache,
+              domains=args.domains.split(",") if args.domains else None)
     try:
-        manifest = build_corpus(args.out, size="full" if args.full else "small", cache_dir=args.cache, domains=domains)
+        manifest = build_or_fallback(args.out, fallback=args.fallback, **kw) if args.fallback else build_corpus(args.out, **kw)
     except CorpusError as e:
         raise UsageError(str(e)) from None
+    if "fallback" in manifest:
+        print(f"corpus: {status_line(manifest)} -> {args.out}")
+        return 0
     print(summary_table(manifest))
     print(f"corpus: {args.out} ({manifest['size']}, built in {manifest['elapsed_s']} s)")
+    if manifest["status"] == "partial" and not args.allow_partial:
+        print(f"data-select: error: {args.out} is a partial corpus (reasons above and in {args.out}/corpus.json); "
+              "pass --allow-partial to use it anyway, or --fallback DIR to use a complete corpus instead", file=sys.stderr)
+        return 1
     return 0
+
+
+def _warn_if_partial(inputs: list[str]) -> None:
+    """A step reading a partial corpus says so before it starts."""
+    from data_select.corpus import partial_corpus_notes
+
+    for note in partial_corpus_notes(inputs):
+        print(f"data-select: warning: {note}", file=sys.stderr)
 
 
 def _add_reader_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +118,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise UsageError("tokenize: give at least one INPUT (or --merge)")
+        _warn_if_partial(args.inputs)
         m = tokenize_corpus(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                             val_fraction=args.val_fraction, seed=args.seed, selection=args.selection,
                             text_field=args.text_field, domain_field=args.domain_field or None, id_field=args.id_field,
@@ -118,6 +141,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
+    from data_select.pipeline import METHODS
+
     i = sub.add_parser("index", help="the document table of the inputs (the first pass; embed reuses it)")
     i.add_argument("inputs", nargs="*", metavar="INPUT", help="folders, globs, text/JSONL/Parquet files (.gz/.zst ok)")
     i.add_argument("--out", required=True, help="features directory; the table goes to OUT/table")
@@ -143,7 +168,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("select", help="pick documents from a features directory")
     s.add_argument("--features", required=False, help="features directory from `data-select embed`")
     s.add_argument("--out", required=True, help="directory for selection.npy, selection.jsonl, select.json")
-    s.add_argument("--method", default="disf", choices=["disf", "random", "dsir", "dedup", "dedup+disf"])
+    s.add_argument("--method", default="disf", choices=list(METHODS))
     g = s.add_mutually_exclusive_group()
     g.add_argument("--ratio", type=float, default=None, help="share of each batch to pick (default 1/64 = 0.015625)")
     g.add_argument("--k-per-batch", type=int, default=None, help="files to pick from each full batch")
@@ -173,7 +198,7 @@ def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="spectrum diagnostics, per-domain counts, tokens and accounting of a selection")
     r.add_argument("--features", required=True)
     r.add_argument("--selection", required=True, help="the selection folder (or its selection.jsonl)")
-    r.add_argument("--out", required=True, help="directory for report.json + spectrum.png")
+    r.add_argument("--out", required=True, help="directory for report.json, spectrum.png and domains.png")
     r.add_argument("--manifest", default=None, help="the selection's tokens/manifest.json: report the actual tokens")
     r.add_argument("--top-k", type=int, default=10, help="eigenvalues in the dominance score (default 10)")
     r.add_argument("--sample", type=int, default=10_000, help="rows sampled per spectrum (default 10000)")
@@ -219,6 +244,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise UsageError("index: give at least one INPUT (or --merge)")
+        _warn_if_partial(args.inputs)
         done = index_corpus(args.inputs, args.out, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, shard=args.shard,
                             progress=not args.no_progress)
@@ -240,6 +266,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise UsageError("embed: give at least one INPUT (or --merge)")
+        _warn_if_partial(args.inputs)
         done = embed_corpus(args.inputs, args.out, encoder=args.encoder, dim=args.dim, batch_size=args.batch_size,
                             max_tokens=args.max_tokens, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, workers=args.workers,
@@ -288,14 +315,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     rep = report(args.features, args.selection, args.out, top_k=args.top_k, sample=args.sample, seed=args.seed,
                  manifest=args.manifest)
     _print_report(rep)
-    print(f"report: {args.out}/report.json, {args.out}/spectrum.png")
+    print(f"report: {args.out}/report.json, {args.out}/spectrum.png, {args.out}/domains.png")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from data_select.pipeline import load_run_config, run
 
-    res = run(load_run_config(args.config, args.overrides), step=args.step, shard=args.shard, merge=args.merge)
+    cfg = load_run_config(args.config, args.overrides)
+    if not args.merge:
+        _warn_if_partial(cfg.inputs)
+    res = run(cfg, step=args.step, shard=args.shard, merge=args.merge)
     if args.step is not None and (args.shard is not None or args.merge or args.step in ("index", "dedup")):
         print(f"{args.step}{f' part {args.shard}' if args.shard else ' merged' if args.merge else ''}: done")
         return 0

@@ -7,12 +7,19 @@ already on disk (the Python standard library, ``/usr/share/doc``). Each source i
 plain text (HTML, troff, dictd, fortune, RFC page layout), cut into documents of realistic size
 and written as ``OUT/<domain>.jsonl`` records ``{"id", "text", "domain"}``. ``OUT/corpus.json``
 is written last and the whole build happens in a temporary sibling directory renamed into place,
-so a directory that has a ``corpus.json`` with ``"status": "complete"`` is always a full corpus.
+so a directory that has a ``corpus.json`` is always a finished build. It says what the build is:
+``"status": "complete"`` (every requested domain has text) or ``"partial"`` (``missing_domains``
+names the domains that got none, with the reason), and, per domain and per source, what was built
+and why anything was not. Where the Debian corpus cannot be built (no ``apt-get``/``dpkg-deb``, no
+archive) :func:`build_or_fallback` installs a complete fallback corpus (the committed 8-domain
+sample) instead, and its ``corpus.json`` says so.
 """
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -589,6 +596,16 @@ def _archive_sources() -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(found))
 
 
+def apt_unavailable() -> str | None:
+    """Why this machine cannot fetch Debian packages (no apt-get/dpkg-deb on PATH, no Debian archive), or None."""
+    missing = [exe for exe in ("apt-get", "dpkg-deb") if not shutil.which(exe)]
+    if missing:
+        return f"{' and '.join(missing)} not on PATH, not a Debian-based machine"
+    if not _archive_sources():
+        return "no Debian archive found in /etc/apt/sources.list(.d)"
+    return None
+
+
 class AptFetcher:
     """Fetches packages with ``apt-get download`` through a private apt configuration under cache_dir
     (main + non-free of the system's own archive), unpacks them with ``dpkg-deb -x``; both cached."""
@@ -613,11 +630,10 @@ class AptFetcher:
         return self._options
 
     def _update(self, cache_dir: Path) -> list[str]:
-        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-            raise PackageUnavailable("*", "apt-get/dpkg-deb not installed (not a Debian-based machine)")
+        why = apt_unavailable()
+        if why:
+            raise PackageUnavailable("*", why)
         archives = _archive_sources()
-        if not archives:
-            raise PackageUnavailable("*", "no Debian archive found in /etc/apt/sources.list(.d)")
         apt = cache_dir / "apt"
         for d in ("parts", "lists/partial", "cache/archives/partial"):
             (apt / d).mkdir(parents=True, exist_ok=True)
@@ -711,13 +727,16 @@ class _DomainWriter:
 def build_corpus(out_dir: str | Path, *, size: str = "small", cache_dir: str | Path | None = None,
                  domains: Iterable[str] | None = None, progress: bool = True,
                  fetch: Fetch | None = None, sources: Iterable[Source] | None = None,
-                 domain_cap: int | None = None) -> dict:
+                 domain_cap: int | None = None, keep_partial: bool = True) -> dict:
     """Build (or find already built) a labelled multi-domain corpus in out_dir; returns its corpus.json.
 
     size "small": every domain capped at `domain_cap` bytes (default 768 KiB, ~6 MB in all) from the
-    sources marked small, at most SMALL_PIECES_PER_ITEM documents per file; "full": every source, no caps (>= 300 MB). A package that cannot be
-    fetched is skipped and listed under "skipped_packages". `fetch` and `sources` replace the apt
-    fetcher and the source table (tests, other archives).
+    sources marked small, at most SMALL_PIECES_PER_ITEM documents per file; "full": every source, no
+    caps (>= 300 MB). A source that cannot be fetched or read is recorded with its reason and the
+    build goes on; a domain left without text makes the corpus "partial" (``missing_domains``).
+    A complete corpus with the same settings is reused; a partial one is rebuilt (the archive may be
+    reachable now); with ``keep_partial=False`` a partial build is only returned, out_dir is left as
+    it was. `fetch` and `sources` replace the apt fetcher and the source table (tests, other archives).
     """
     if size not in SIZES:
         raise CorpusError(f"size must be one of {SIZES}, got {size!r}")
@@ -731,26 +750,46 @@ def build_corpus(out_dir: str | Path, *, size: str = "small", cache_dir: str | P
     wanted = [d for d in known if d in wanted]
     cap = (domain_cap or SMALL_DOMAIN_CAP) if size == "small" else None
 
-    existing = _read_manifest(out_dir)
+    existing = _check_out_dir(out_dir)
     params = {"size": size, "selected_domains": wanted, "domain_cap": cap, "builder_version": BUILDER_VERSION}
-    if existing is not None:
-        if existing.get("status") == "complete" and all(existing.get(k) == v for k, v in params.items()):
-            return existing
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise CorpusError(f"{out_dir} exists, is not empty and holds no corpus.json; refusing to overwrite it")
+    if existing is not None and existing.get("status") == "complete" and all(existing.get(k) == v for k, v in params.items()):
+        return existing
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     fetch = fetch or AptFetcher()
+    start = time.time()
+
+    def write(tmp: Path) -> dict:
+        manifest = _build_into(tmp, table, wanted, size, cap, cache, fetch, progress)
+        manifest.update(params, format=CORPUS_FORMAT, elapsed_s=round(time.time() - start, 1))
+        return manifest
+
+    return _publish(out_dir, write, keep=lambda m: keep_partial or m["status"] == "complete")
+
+
+def _check_out_dir(out_dir: Path) -> dict | None:
+    """The corpus.json already in out_dir (None if there is none); a foreign non-empty directory is refused."""
+    existing = _read_manifest(out_dir)
+    if existing is None and out_dir.exists() and any(out_dir.iterdir()):
+        raise CorpusError(f"{out_dir} exists, is not empty and holds no corpus.json; refusing to overwrite it")
+    return existing
+
+
+def _publish(out_dir: Path, write: Callable[[Path], dict], keep: Callable[[dict], bool] = lambda m: True) -> dict:
+    """Run ``write(tmp)`` in a temporary sibling of out_dir, write the corpus.json it returns last,
+    then rename the whole directory into place; a failure, or a result that ``keep`` rejects, leaves
+    out_dir as it was."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    start = time.time()
     try:
-        manifest = _build_into(tmp, table, wanted, size, cap, cache, fetch, progress)
-        manifest.update(params, format=CORPUS_FORMAT, status="complete", elapsed_s=round(time.time() - start, 1))
+        manifest = write(tmp)
+        if not keep(manifest):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return manifest
         atomic_write_text(tmp / "corpus.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
@@ -761,6 +800,53 @@ def build_corpus(out_dir: str | Path, *, size: str = "small", cache_dir: str | P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _sha256_files(paths: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def use_fallback(out_dir: str | Path, fallback: str | Path, reason: str) -> dict:
+    """Install the complete corpus in `fallback` as out_dir (atomically), its corpus.json recording
+    ``"fallback": {"source", "reason", "sha256"}``; an identical copy already there is kept as is."""
+    out_dir, fallback = Path(out_dir), Path(fallback)
+    source = _read_manifest(fallback)
+    if source is None or source.get("status") != "complete":
+        raise CorpusError(f"fallback {fallback}: no complete corpus.json there")
+    files = [fallback / info["file"] for info in source["domains"].values() if info.get("file")]
+    if missing := [str(f) for f in files if not f.is_file()]:
+        raise CorpusError(f"fallback {fallback}: corpus.json lists files that are missing: {', '.join(missing)}")
+    digest = _sha256_files([fallback / "corpus.json", *files])
+    existing = _check_out_dir(out_dir)
+    if existing is not None and existing.get("fallback", {}).get("sha256") == digest:
+        return existing
+
+    def write(tmp: Path) -> dict:
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        return {**source, "fallback": {"source": str(fallback), "reason": reason, "sha256": digest}}
+
+    return _publish(out_dir, write)
+
+
+def build_or_fallback(out_dir: str | Path, *, fallback: str | Path, **build_kw) -> dict:
+    """The Debian corpus where it can be built completely, else the complete corpus in `fallback`.
+
+    The build is always tried (its on-disk sources need no package manager, and a machine with a
+    reachable archive builds every domain); when it ends partial, `fallback` is installed in its
+    place and ``corpus.json["fallback"]["reason"]`` says why, naming the most common cause.
+    """
+    manifest = build_corpus(out_dir, keep_partial=False, **build_kw)
+    if manifest["status"] == "complete":
+        return manifest
+    missing = manifest["missing_domains"]
+    causes = Counter(src["reason"] for d in missing for src in manifest["domains"][d]["sources"].values())
+    cause = causes.most_common(1)[0][0] if causes else next(iter(missing.values()))
+    reason = f"{len(missing)} of {len(manifest['domains'])} domains missing; {cause}"
+    return use_fallback(out_dir, fallback, reason)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -785,7 +871,6 @@ def _build_into(tmp: Path, table: tuple[Source, ...], wanted: list[str], size: s
                 cache: Path, fetch: Fetch, progress: bool) -> dict:
     packages: dict[str, str] = {}
     skipped_packages: dict[str, str] = {}
-    skipped_sources: dict[str, str] = {}
     skipped_files: Counter = Counter()
     domains_out: dict[str, dict] = {}
     for domain in wanted:
@@ -794,12 +879,13 @@ def _build_into(tmp: Path, table: tuple[Source, ...], wanted: list[str], size: s
         with writer.f, tqdm(total=cap, unit="B", unit_scale=True, desc=f"{domain:>12}", disable=not progress) as bar:
             for i, src in enumerate(todo):
                 roots, reason = _source_roots(src, cache, fetch, packages, skipped_packages)
+                stats = {"status": "missing", "documents": 0, "bytes": 0}
+                writer.sources[src.name] = stats
                 if roots is None:
-                    skipped_sources[src.name] = reason
+                    stats["reason"] = reason
                     continue
                 budget = None if cap is None else (cap - writer.bytes) // (len(todo) - i)
                 bar.set_postfix_str(src.name)
-                stats = {"documents": 0, "bytes": 0}
                 try:
                     for key, text in src.extract(roots, skipped_files):
                         pieces = split_text(text, src.target_chars, max(src.target_chars * 2, MAX_CHARS))
@@ -814,11 +900,27 @@ def _build_into(tmp: Path, table: tuple[Source, ...], wanted: list[str], size: s
                         if budget is not None and stats["bytes"] >= budget:
                             break
                 except SourceError as e:
-                    skipped_sources[src.name] = str(e)
-                writer.sources[src.name] = stats
-        domains_out[domain] = {"file": writer.path.name, "documents": writer.documents, "bytes": writer.bytes, "sources": writer.sources}
+                    stats["reason"] = str(e)
+                if stats["documents"]:
+                    stats["status"] = "built"
+                else:
+                    stats.setdefault("reason", "no text found in it")
+        info = {"status": "built", "file": writer.path.name, "documents": writer.documents, "bytes": writer.bytes,
+                "sources": writer.sources}
+        if not writer.documents:
+            writer.path.unlink()
+            grouped: dict[str, list[str]] = {}
+            for name, st in writer.sources.items():
+                grouped.setdefault(st["reason"], []).append(name)
+            info = {**info, "status": "missing", "file": None,
+                    "reason": "; ".join(f"{why} ({', '.join(names)})" for why, names in grouped.items())}
+        domains_out[domain] = info
     total = {"documents": sum(d["documents"] for d in domains_out.values()), "bytes": sum(d["bytes"] for d in domains_out.values())}
-    return {"domains": domains_out, "total": total, "packages": packages, "skipped_packages": skipped_packages,
+    missing = {d: info["reason"] for d, info in domains_out.items() if info["status"] == "missing"}
+    skipped_sources = {name: st["reason"] for d in domains_out.values() for name, st in d["sources"].items() if "reason" in st}
+    return {"status": "partial" if missing else "complete",
+            "built_domains": [d for d in domains_out if d not in missing], "missing_domains": missing,
+            "domains": domains_out, "total": total, "packages": packages, "skipped_packages": skipped_packages,
             "skipped_sources": skipped_sources, "skipped_files": dict(sorted(skipped_files.items()))}
 
 
@@ -838,7 +940,7 @@ def _source_roots(src: Source, cache: Path, fetch: Fetch, packages: dict, skippe
             except PackageUnavailable as e:
                 skipped[pkg] = e.reason
         if pkg in skipped:
-            return None, f"package {pkg} unavailable: {skipped[pkg]}"
+            return None, skipped[pkg]
         deb = root / ".deb"
         packages[pkg] = deb.read_text().strip() if deb.exists() else str(root)
         roots.append(root)
@@ -846,13 +948,13 @@ def _source_roots(src: Source, cache: Path, fetch: Fetch, packages: dict, skippe
 
 
 def read_corpus(corpus_dir: str | Path, domains: Iterable[str] | None = None) -> Iterator[dict]:
-    """Records of a complete corpus, domain by domain (CorpusError if the build is not complete)."""
+    """Records of a finished (complete or partial) corpus, domain by domain; CorpusError if it is not finished."""
     corpus_dir = Path(corpus_dir)
     manifest = _read_manifest(corpus_dir)
-    if manifest is None or manifest.get("status") != "complete":
-        raise CorpusError(f"{corpus_dir}: no complete corpus.json (build it with `data-select corpus --out {corpus_dir}`)")
+    if manifest is None or manifest.get("status") not in ("complete", "partial"):
+        raise CorpusError(f"{corpus_dir}: no finished corpus.json (build it with `data-select corpus --out {corpus_dir}`)")
     for domain, info in manifest["domains"].items():
-        if domains is None or domain in domains:
+        if info.get("file") and (domains is None or domain in domains):
             with open(corpus_dir / info["file"], encoding="utf-8") as f:
                 for line in f:
                     yield json.loads(line)
@@ -900,15 +1002,55 @@ def sample_corpus(corpus_dir: str | Path, out_dir: str | Path, *, bytes_per_doma
 
 
 def summary_table(manifest: dict) -> str:
-    """Per-domain documents / MB table of a corpus.json, for the CLI."""
+    """Per-domain documents / MB of a corpus.json, what is missing and why, and one status line."""
     rows = [f"{'domain':<14}{'docs':>10}{'MB':>10}  sources"]
     for domain, info in manifest["domains"].items():
-        used = ", ".join(name for name, s in info["sources"].items() if s["documents"])
+        if info.get("status") == "missing":
+            rows.append(f"{domain:<14}{'-':>10}{'-':>10}  MISSING: {info['reason']}")
+            continue
+        used = ", ".join(name for name, s in info["sources"].items() if s.get("documents"))
         rows.append(f"{domain:<14}{info['documents']:>10}{info['bytes'] / 1e6:>10.2f}  {used}")
+        lost = {name: s["reason"] for name, s in info["sources"].items() if s.get("status") == "missing"}
+        if lost:
+            rows.append(f"{'':<14}{'':>20}  not built: " + "; ".join(f"{n} ({why})" for n, why in lost.items()))
     t = manifest["total"]
     rows.append(f"{'total':<14}{t['documents']:>10}{t['bytes'] / 1e6:>10.2f}")
-    for pkg, reason in manifest.get("skipped_packages", {}).items():
-        rows.append(f"skipped package {pkg}: {reason}")
-    for name, reason in manifest.get("skipped_sources", {}).items():
-        rows.append(f"skipped source {name}: {reason}")
+    rows.append(f"corpus: {status_line(manifest)}")
     return "\n".join(rows)
+
+
+def status_line(manifest: dict) -> str:
+    """What a corpus is, in one line: complete, partial (domains built / missing, bytes) or a fallback."""
+    mb = manifest["total"]["bytes"] / 1e6
+    n = len(manifest["domains"])
+    if "fallback" in manifest:
+        fb = manifest["fallback"]
+        return (f"the Debian corpus cannot be built here ({fb['reason']}); using the {n}-domain corpus "
+                f"{fb['source']} instead ({manifest['total']['documents']:,} documents, {mb:.2f} MB)")
+    if manifest.get("status") == "partial":
+        built, missing = manifest["built_domains"], list(manifest["missing_domains"])
+        return (f"PARTIAL, {len(built)} of {n} domains built ({', '.join(built) or 'none'}; {mb:.2f} MB), "
+                f"missing {len(missing)}: {', '.join(missing)}")
+    return f"complete, {n} of {n} domains ({mb:.2f} MB)"
+
+
+def partial_corpus_notes(inputs: Iterable[str | Path]) -> list[str]:
+    """One line for each partial corpus among the inputs: a corpus folder, a file in one, or a glob
+    whose fixed folder part is one (``work/corpus/*.jsonl``). Constant work per input, however many
+    files a glob matches."""
+    folders: dict[Path, None] = {}
+    for inp in inputs:
+        path = Path(inp)
+        if glob.has_magic(str(inp)):
+            fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+            path = Path(*fixed) if fixed else Path(".")
+        folders[path if path.is_dir() else path.parent] = None
+    notes = []
+    for folder in folders:
+        try:
+            manifest = _read_manifest(folder)
+        except CorpusError:
+            continue
+        if isinstance(manifest, dict) and manifest.get("format") == CORPUS_FORMAT and manifest.get("status") == "partial":
+            notes.append(f"{folder} is a partial corpus: {status_line(manifest)} (see {folder / 'corpus.json'})")
+    return notes

@@ -10,7 +10,7 @@ Accounting (report.json ``accounting``): every input document is exactly one of
 - ``selected``       picked by the selection method;
 - ``not_selected``   embedded but not picked;
 - ``deduplicated``   embedded, removed as a near-duplicate of a kept document before selection
-                     (its own bucket, only for methods ``dedup`` and ``dedup+disf``);
+                     (its own bucket, only for the ``dedup*`` methods);
 - ``rejected``       never embedded, by reason (:data:`data_select.sources.REASONS`; a corrupt
                      compressed file counts once for its unreadable rest; a repeated id or text,
                      ``duplicate_id`` / ``duplicate_content``, is dropped before embedding).
@@ -41,6 +41,7 @@ from data_select.select import (DEDUPLICATED, DEDUPLICATED_ROWS, METHODS, SELECT
 
 REPORT = "report.json"
 SPECTRUM_PNG = "spectrum.png"
+DOMAINS_PNG = "domains.png"
 RUN_LEDGER = "run.json"
 
 
@@ -53,8 +54,8 @@ def _read_json(path: Path) -> dict | None:
 
 def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_dir: str | os.PathLike, *,
            top_k: int = 10, sample: int = 10_000, seed: int = 0, manifest: str | os.PathLike | None = None) -> dict:
-    """``report.json`` + ``spectrum.png``: spectrum diagnostics of the selection against the pool and
-    a random selection of the same size, per-domain counts, the selected files, bytes, estimated
+    """``report.json`` + ``spectrum.png`` + ``domains.png``: spectrum diagnostics of the selection against
+    the pool and a random selection of the same size, per-domain counts (and their bar chart), the selected files, bytes, estimated
     tokens (token-budget selections) and, given the tokenize step's ``manifest``, the tokens
     actually written, and the document accounting. Reads the domain and bytes columns and the
     selection's rows; features a sample of rows at a time."""
@@ -140,6 +141,8 @@ def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_di
     }
     if not acc["adds_up"]:
         raise PipelineError(f"accounting does not add up for {selection}: {acc} (select.json from other features?)")
+    spectrum.plot_domains(domains, out / DOMAINS_PNG,
+                          title=f"Files per domain: {record.get('method') or 'selection'} vs pool (counts on the bars)")
     atomic_write_json(out / REPORT, result)
     return result
 
@@ -158,7 +161,7 @@ class EmbedConfig:
 
 @dataclass
 class SelectConfig:
-    method: str = "disf"  # disf | random | dsir | dedup | dedup+disf
+    method: str = "disf"  # disf | random | dsir | dedup | dedup+disf | dedup+random
     ratio: float | None = None  # None (and no k_per_batch, no tokens) = 1/64
     k_per_batch: int | None = None
     tokens: float | None = None  # a token budget instead of a file share (data_select.budget)

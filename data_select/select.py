@@ -1,11 +1,13 @@
 """`data-select select`: pick documents (rows of the document table) from a features directory.
 
 Methods: ``disf`` (data_select.disf), ``random``, ``dsir`` (importance resampling towards a
-target), ``dedup`` (keep every non-near-duplicate) and ``dedup+disf``. Sizes: a share of each
-DiSF batch (``ratio``, ``k_per_batch``; the baselines pick as many files as DiSF would) or a
-token budget (``tokens``; data_select.budget): random and DSIR take documents in their order
-until the budget is covered, ``dedup`` takes non-duplicates in a seeded random order, DiSF
-gives every batch a quota in proportion to its tokens (data_select.disf.batch_jobs).
+target), ``dedup`` (keep every non-near-duplicate), ``dedup+disf`` and ``dedup+random`` (as many
+files as DiSF picks from the whole pool, at random among the non-duplicates: the baseline that
+separates dedup from DiSF). Sizes: a share of each DiSF batch (``ratio``, ``k_per_batch``; the
+baselines pick as many files as DiSF would) or a token budget (``tokens``; data_select.budget):
+random and DSIR take documents in their order until the budget is covered, ``dedup`` and
+``dedup+random`` take non-duplicates in a seeded random order, DiSF gives every batch a quota in
+proportion to its tokens (data_select.disf.batch_jobs).
 
 Everything works on row numbers and reads only the columns it needs; features are read a block
 of rows at a time, DSIR streams texts at the table's locations. Outputs (docs/FORMATS.md,
@@ -36,7 +38,7 @@ SELECTION_ROWS = "selection.npy"
 SELECT_META = "select.json"
 DEDUPLICATED = "deduplicated.jsonl"
 DEDUPLICATED_ROWS = "deduplicated.npy"
-METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf")
+METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf", "dedup+random")
 SHARDED_METHODS = ("disf", "dedup+disf")
 DEFAULT_RATIO = 1 / 64  # DiSF's released setting: 16 of every 1024 files (1.5625 %)
 DSIR_FIT_BYTES = 256 << 20  # pools with more text fit the raw n-gram distribution on a seeded sample of this size
@@ -309,6 +311,9 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
             else:
                 order = np.random.default_rng(params["seed"]).permutation(pool_n)
                 picked_pos = np.sort(budget.prefix_reaching(order, pool_costs, tokens))
+        elif method == "dedup+random" and tokens is None:
+            k = min(pool_n, selection_size(table.n, **count_kw))
+            picked_pos = baselines.random_select(pool_n, k, params["seed"])
         elif method == "dsir":
             keys = _dsir_keys(feats, params["target"], params["seed"], progress)
             if tokens is None:
@@ -317,7 +322,7 @@ def _select(feats: Features, out: Path, method: str, params: dict, settings: dic
                 picked_pos = np.sort(budget.prefix_reaching(np.argsort(-keys, kind="stable"), pool_costs, tokens))
         elif tokens is None:  # dedup: every non-duplicate (the pool itself)
             picked_pos = None
-        else:  # dedup under a budget: non-duplicates in a seeded random order
+        else:  # dedup, dedup+random under a budget: non-duplicates in a seeded random order
             order = np.random.default_rng(params["seed"]).permutation(pool_n)
             picked_pos = np.sort(budget.prefix_reaching(order, pool_costs, tokens))
     except (disf.DisfError, baselines.BaselineError) as e:

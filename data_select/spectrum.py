@@ -113,6 +113,41 @@ def plot_spectra(named_eigs: dict[str, np.ndarray], out_png: str | os.PathLike) 
     ax.set_ylabel("λ / Σλ")
     ax.set_title("Correlation spectrum of features")
     ax.legend()
+    _save_figure(fig, out_png)
+
+
+def plot_domains(domains: dict[str, dict[str, int]], out_png: str | os.PathLike, *, title: str = "") -> None:
+    """Per-domain bars, selection vs pool: each domain's share of the selected files beside its share
+    of the pool (a selection that follows the pool has equal bars), with the file counts on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(domains, key=lambda d: -domains[d]["pool"])
+    pool = np.array([domains[d]["pool"] for d in names], dtype=np.float64)
+    sel = np.array([domains[d]["selected"] for d in names], dtype=np.float64)
+    if not names or pool.sum() <= 0 or sel.sum() <= 0:
+        raise SpectrumError("plot_domains needs at least one domain with pool and selected files")
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4))
+    for offset, counts, label, color in ((-0.2, pool, "pool", "0.65"), (0.2, sel, "selection", "C0")):
+        bars = ax.bar(x + offset, 100 * counts / counts.sum(), 0.4, label=f"{label} ({int(counts.sum()):,} files)",
+                      color=color)
+        ax.bar_label(bars, labels=[f"{int(c):,}" for c in counts], fontsize=7, padding=1)
+    ax.set_xticks(x, names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_ylabel("share of files (%)")
+    ax.set_title(title or "Files per domain: selection vs pool (counts on the bars)")
+    ax.legend()
+    ax.margins(y=0.12)
+    _save_figure(fig, out_png)
+
+
+def _save_figure(fig, out_png: str | os.PathLike) -> None:
+    """Write a pyplot figure atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=out_png.name, suffix=".tmp.png")

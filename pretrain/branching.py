@@ -24,13 +24,14 @@ from pathlib import Path
 from pretrain import checkpoint as ckpt_io
 from pretrain.budget import to_steps, tokens_per_step
 from pretrain.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from pretrain.engines.weights import has_optimizer_state
 from pretrain.schedules import ScheduleError, WSD_SHAPES, stable_phase, wsd_decay_start
 from pretrain.trainer import TrainResult, train
 
 
 @dataclass
 class BudgetPoint:
-    budget: int  # in the config's budget unit
+    budget: int | float  # in the config's budget unit
     steps: int
     decay_steps: int
 
@@ -48,8 +49,7 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     main = load_config(ckpt / "config.yaml")
     n = int(state["step"])
     main_total = int(state["total_steps"])
-    has_optimizer = (ckpt / "optimizer.pt").is_file() or (ckpt / "ds" / "state").is_dir()
-    if not has_optimizer:
+    if not has_optimizer_state(ckpt):
         raise ckpt_io.CheckpointError(f"checkpoint {ckpt} has no optimizer state: a branch continues training and needs it")
     if decay_steps <= 0:
         raise ConfigError(f"--decay-steps must be positive, got {decay_steps}")
@@ -77,7 +77,8 @@ def branch_config(ckpt: str | Path, *, decay_steps: int, out: str | Path, shape:
     cfg.checkpoint.resume = "auto"  # a re-run continues the branch; a first run starts from init.checkpoint
     cfg.checkpoint.at_steps = []
     cfg.checkpoint.save_final = True  # the finished model is the point of a branch
-    cfg.budget.steps, cfg.budget.tokens, cfg.budget.budgets, cfg.budget.stop_at = n + decay_steps, None, [], None
+    cfg.budget.set_steps(n + decay_steps)
+    cfg.budget.stop_at = None
     cfg.schedule.name = "wsd"
     cfg.schedule.min_lr_ratio = s.min_lr_ratio if min_lr_ratio is None else min_lr_ratio
     cfg.schedule.params = {"decay_steps": decay_steps, "decay_shape": shape}
@@ -114,7 +115,7 @@ def _export_main(result: TrainResult) -> None:
 def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
     budgets = cfg.budget.budgets
     if not budgets:
-        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of budget.tokens / budget.steps)")
+        raise ConfigError("a plan needs budget.budgets: [B1, B2, ...] (in the unit of the budget: tokens, steps, epochs or flops)")
     if any(b >= c for b, c in zip(budgets, budgets[1:])):
         raise ConfigError(f"budget.budgets must be strictly increasing, got {budgets}")
     if cfg.schedule.name != "wsd":
@@ -135,8 +136,108 @@ def budget_points(cfg: TrainConfig) -> list[BudgetPoint]:
     return points
 
 
-def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
-    """Train the plan; write ``RUN/branches.json`` and return it."""
+class PlanPredictor:
+    """``pretrain plan --predict``: before each budget's decay is trained, a loss law fitted on what the plan
+    has trained so far predicts that budget's final train loss; after it, the actual one is set beside it.
+
+    A WSD main run never decays its LR, so before the first branch the law's annealing term cannot be
+    identified (:func:`pretrain.predict.check_identifiable`): that budget gets the law's loss *without* a
+    decay (LR held at its peak), labelled as such, and every later budget a real prediction fitted on the
+    main run and the branches decayed so far. Final losses are means over the last ``final_window``
+    logged steps, as ``pretrain predict`` compares them. Works on rank 0 only (no collective is involved).
+    """
+
+    def __init__(self, law: str, *, log_every: int = 1, final_window: int = 10):
+        from pretrain.predict import LAWS
+
+        if law not in LAWS:
+            raise ConfigError(f"--predict: unknown law {law!r}; choose one of {', '.join(LAWS)}")
+        self.law, self.log_every, self.final_window = law, log_every, final_window
+        self.runs: list = []
+        self.curves: dict[int, tuple] = {}
+
+    def add(self, name: str, run_dir: str | Path, lrs) -> None:
+        """A finished run (its metrics.jsonl) with the LR of every update of its history."""
+        from pretrain.predict import Run, load_metrics
+
+        steps, losses, _ = load_metrics(Path(run_dir) / "metrics.jsonl")
+        self.runs.append(Run(steps, losses, lrs, name=name))
+
+    def _tail(self, n_steps: int):
+        import numpy as np
+
+        return np.arange(n_steps, max(0, n_steps - self.final_window * self.log_every), -self.log_every)[::-1]
+
+    def before(self, p: BudgetPoint, lrs) -> dict:
+        """Predict budget ``p`` (LRs of its whole history); print it; return the fields of its report row."""
+        import numpy as np
+
+        from pretrain.predict import FitError, fit_runs, predict
+
+        fields = {"prediction_law": self.law, "predicted_final_loss": None, "prediction_fit": None}
+        if not self.runs:
+            print(f"[predict] budget {p.budget:,}: nothing trained yet to fit a law on", flush=True)
+            return fields
+        names = " + ".join(r.name for r in self.runs)
+        tail = self._tail(p.steps) - 1
+        try:
+            params = fit_runs(self.runs, law=self.law)
+        except FitError as e:
+            fields["prediction_note"] = str(e)
+            print(f"[predict] budget {p.budget:,}: no prediction from {names}: {e}", flush=True)
+            try:
+                flat = fit_runs(self.runs, law=self.law, annealing=False)
+            except FitError:
+                return fields
+            held = float(np.mean(predict(flat, np.full(p.steps, float(np.max(lrs))))[tail]))
+            fields["no_decay_loss"] = held
+            print(f"[predict] budget {p.budget:,}: with its LR held at the peak to step {p.steps} (no decay) the "
+                  f"{self.law} law gives {held:.4f}; the decay should end below it", flush=True)
+            return fields
+        curve = predict(params, lrs)
+        self.curves[p.budget] = (np.arange(p.branch_step + 1, p.steps + 1), curve[p.branch_step:])
+        fields.update(predicted_final_loss=float(np.mean(curve[tail])), prediction_fit=names,
+                      prediction_params=params.to_dict())
+        print(f"[predict] budget {p.budget:,} ({p.steps} steps): predicted final train loss "
+              f"{fields['predicted_final_loss']:.4f} ({self.law} law fitted on {names})", flush=True)
+        if params.note:
+            fields["prediction_note"] = params.note
+            print(f"[predict] budget {p.budget:,}: note: {params.note}", flush=True)
+        return fields
+
+    def after(self, p: BudgetPoint, row: dict) -> None:
+        """Set the actual final train loss (and the error) of a trained budget beside its prediction."""
+        import numpy as np
+
+        from pretrain.predict import load_metrics
+
+        steps, losses, _ = load_metrics(Path(row["run_dir"]) / "metrics.jsonl")
+        row["actual_final_train_loss"] = float(np.mean(losses[-self.final_window:]))
+        msg = f"[predict] budget {p.budget:,}: actual final train loss {row['actual_final_train_loss']:.4f}"
+        if row.get("predicted_final_loss") is not None:
+            row["prediction_error"] = row["predicted_final_loss"] / row["actual_final_train_loss"] - 1
+            msg += f" (predicted {row['predicted_final_loss']:.4f}, error {100 * row['prediction_error']:+.2f}%)"
+        print(msg + f"; val loss {row['final_val_loss']:.4f}", flush=True)
+
+
+def _budget_lrs(cfg: TrainConfig, p: BudgetPoint):
+    """LR of every update of a WSD run of budget ``p`` (what its branch or segment trains under)."""
+    from pretrain.schedule_plot import lr_curve
+
+    c = copy.deepcopy(cfg)
+    c.budget.set_steps(p.steps)
+    c.schedule.params = {k: v for k, v in c.schedule.params.items() if k != "decay_fraction"}
+    c.schedule.params["decay_steps"] = p.decay_steps
+    return lr_curve(c).lrs
+
+
+def run_plan(cfg: TrainConfig, *, mode: str = "wsd", predict: str | None = None) -> dict:
+    """Train the plan; write ``RUN/branches.json`` and ``RUN/plan.png``, and return the report.
+
+    ``predict`` (a law of ``pretrain.predict``): print each budget's predicted final loss before its decay
+    is trained and the actual one after (:class:`PlanPredictor`)."""
+    import numpy as np
+    import torch.distributed as dist
     if mode not in ("wsd", "wsds"):
         raise ConfigError(f"plan mode {mode!r} is not one of wsd, wsds")
     points = budget_points(cfg)
@@ -148,28 +249,40 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
     root = Path(cfg.run_dir)
     tps = tokens_per_step(cfg)
     rows = []
+    lead = not dist.is_initialized() or dist.get_rank() == 0
+    predictor = PlanPredictor(predict, log_every=cfg.logging.log_every) if predict and lead else None
     if mode == "wsd":
         main = copy.deepcopy(cfg)
         main.run_dir = str(root / "main")
-        main.budget.steps, main.budget.tokens, main.budget.budgets = points[-1].steps, None, []
+        main.budget.set_steps(points[-1].steps)
         main.budget.stop_at = points[-1].branch_step
         main.schedule.params = {k: v for k, v in main.schedule.params.items() if k != "decay_fraction"}
         main.schedule.params["decay_steps"] = points[-1].decay_steps
         main.checkpoint.at_steps = [p.branch_step for p in points]
         main.checkpoint.save_final, main.checkpoint.resume = True, "auto"
         train(main)
+        if predictor:
+            predictor.add("main", main.run_dir, _budget_lrs(cfg, points[-1]))
         spent = points[-1].branch_step
         for p in points:
+            lrs = _budget_lrs(cfg, p)
+            fields = predictor.before(p, lrs) if predictor else {}
             ckpt = Path(main.run_dir) / "checkpoints" / ckpt_io.step_dir_name(p.branch_step)
             r = branch(ckpt, decay_steps=p.decay_steps, out=root / f"budget-{p.budget}")
             spent += p.decay_steps
-            rows.append(_row(p, r, tps))
+            rows.append({**_row(p, r, tps), **fields})
+            if predictor:
+                predictor.after(p, rows[-1])
+                predictor.add(f"budget-{p.budget}", r.run_dir, lrs)
     else:
         previous: Path | None = None
+        history = np.zeros(0)
         for p in points:
+            lrs = np.concatenate([history, _budget_lrs(cfg, p)[len(history):]])  # earlier decays stay in the history
+            fields = predictor.before(p, lrs) if predictor else {}
             seg = copy.deepcopy(cfg)
             seg.run_dir = str(root / f"budget-{p.budget}")
-            seg.budget.steps, seg.budget.tokens, seg.budget.budgets = p.steps, None, []
+            seg.budget.set_steps(p.steps)
             seg.schedule.params = {k: v for k, v in seg.schedule.params.items() if k != "decay_fraction"}
             seg.schedule.params["decay_steps"] = p.decay_steps
             seg.checkpoint.save_final, seg.checkpoint.resume = True, "auto"
@@ -178,17 +291,24 @@ def run_plan(cfg: TrainConfig, *, mode: str = "wsd") -> dict:
             r = train(seg)
             _export_main(r)
             previous = r.checkpoint
-            rows.append(_row(p, r, tps))
+            rows.append({**_row(p, r, tps), **fields})
+            if predictor:
+                predictor.after(p, rows[-1])
+                predictor.add(f"budget-{p.budget}", r.run_dir, lrs)
+            history = lrs
         spent = points[-1].steps
     separate = sum(p.steps for p in points)
     report = {"mode": mode, "tokens_per_step": tps, "budgets": rows,
               "plan_steps": spent, "plan_tokens": spent * tps,
               "separate_runs_steps": separate, "separate_runs_tokens": separate * tps}
-    import torch.distributed as dist
+    if lead:
+        from pretrain.plan_plot import plot_plan
 
-    if not dist.is_initialized() or dist.get_rank() == 0:
+        report["plot"] = str(plot_plan(root, report, root / "plan.png",
+                                       predicted_curves=predictor.curves if predictor else None))
         ckpt_io.atomic_write_text(root / "branches.json", json.dumps(report, indent=1))
         print(format_table(report), flush=True)
+        print(f"plot: {report['plot']}", flush=True)
     return report
 
 
@@ -199,10 +319,17 @@ def _row(p: BudgetPoint, r: TrainResult, tps: int) -> dict:
 
 
 def format_table(report: dict) -> str:
+    predicted = any("actual_final_train_loss" in r for r in report["budgets"])
     lines = [f"plan ({report['mode']}): one main branch, decays at each budget",
-             f"{'budget':>12} {'steps':>8} {'decay from':>10} {'val loss':>9}  model"]
+             f"{'budget':>12} {'steps':>8} {'decay from':>10} {'val loss':>9}"
+             + (f" {'pred. train':>11} {'act. train':>10} {'error':>8}" if predicted else "") + "  model"]
     for r in report["budgets"]:
-        lines.append(f"{r['budget']:>12,} {r['steps']:>8} {r['branch_step']:>10} {r['final_val_loss']:>9.4f}  {r['hf']}")
+        extra = ""
+        if predicted:
+            p = r.get("predicted_final_loss")
+            extra = (f" {p:>11.4f}" if p is not None else f" {'—':>11}") + f" {r.get('actual_final_train_loss', 0.0):>10.4f}" \
+                + (f" {100 * r['prediction_error']:>+7.2f}%" if "prediction_error" in r else f" {'—':>8}")
+        lines.append(f"{r['budget']:>12,} {r['steps']:>8} {r['branch_step']:>10} {r['final_val_loss']:>9.4f}{extra}  {r['hf']}")
     saved = 1 - report["plan_tokens"] / report["separate_runs_tokens"]
     lines.append(f"tokens spent by this plan: {report['plan_tokens']:,}; by separate runs: "
                  f"{report['separate_runs_tokens']:,} ({100 * saved:.0f}% saved)")

@@ -1,10 +1,12 @@
 """Atomic checkpoints, integrity checks and RNG capture for exact resume.
 
-Layout of ``RUN/checkpoints/step-NNNNNNNN/``: ``model.safetensors`` (full, unsharded weights),
-the engine's optimizer files, ``trainer.json`` (step, loader state, budget), ``rng/rank-NNNNN.pt``
-and ``config.yaml``, all listed with sizes and sha256 in ``checkpoint.json``, which is written
-last. The directory is built under a temporary name and renamed; ``latest`` is updated after the
-rename. A directory without a matching ``checkpoint.json`` is never loaded.
+Layout of ``RUN/checkpoints/step-NNNNNNNN/``: the engine's model and optimizer files (full
+``model.safetensors`` + optimizer state, or FSDP2's per-rank ``dcp/`` shards; see
+``pretrain/engines/weights.py``), ``trainer.json`` (step, loader state, budget, engine),
+``rng/rank-NNNNN.pt`` and ``config.yaml``, all listed with sizes, sha256 and the rank that wrote
+them in ``checkpoint.json``, which is written last. The directory is built under a temporary name
+and renamed; ``latest`` is updated after the rename. A directory without a matching
+``checkpoint.json`` is never loaded.
 """
 from __future__ import annotations
 
@@ -77,14 +79,23 @@ def begin(ckpt_root: Path, step: int) -> Path:
     return tmp
 
 
-def write_rng(tmp: Path, rank: int) -> None:
-    torch.save(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
+def write_rng(tmp: Path, rank: int) -> str:
+    rel = f"rng/rank-{rank:05d}.pt"
+    torch.save(rng_state(), tmp / rel)
+    return rel
 
 
-def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int, pinned: tuple[int, ...] = ()) -> Path:
-    """Hash every file, write checkpoint.json, rename into place, move ``latest``, prune (rank 0)."""
+def finalize(ckpt_root: Path, tmp: Path, step: int, keep_last: int, pinned: tuple[int, ...] = (),
+             writers: list[list[str]] | None = None) -> Path:
+    """Hash every file, write checkpoint.json, rename into place, move ``latest``, prune (rank 0).
+
+    ``writers[r]`` lists the files rank ``r`` wrote; each entry records its rank, so a damaged
+    shard names the process (and node) that wrote it. Files no rank claims were written by rank 0.
+    """
+    rank_of = {path: r for r, paths in enumerate(writers or []) for path in paths}
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    listing = [{"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
+    listing = [{"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                "rank": rank_of.get(p.relative_to(tmp).as_posix(), 0)} for p in files]
     atomic_write_text(tmp / MANIFEST, json.dumps({"step": step, "files": listing}, indent=1))
     final = ckpt_root / step_dir_name(step)
     if final.exists():
@@ -121,7 +132,8 @@ def verify(ckpt: Path) -> dict:
         if not f.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is partial: {entry['path']} is missing")
         if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {entry['path']} does not match its recorded sha256")
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {entry['path']} (written by rank "
+                                  f"{entry.get('rank', 0)}) does not match its recorded sha256")
     return info
 
 

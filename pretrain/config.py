@@ -6,6 +6,7 @@ name of the offending key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     attn_impl: str = "auto"  # auto | eager | sdpa | flash_attention_2
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (non-reentrant)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class DataConfig:
     seq_len: int = 256
     seed: int = 0
     ledger: bool = False  # record consumed sequence ids (tests / audits)
+    order: str = "feistel"  # feistel (computed per position) | permutation (O(N) per rank; runs started before feistel)
 
 
 @dataclass
@@ -74,14 +77,34 @@ class ScheduleConfig:
 
 @dataclass
 class BudgetConfig:
-    """Training budget in tokens or optimizer steps (exactly one), and the batch that spends it."""
+    """Training budget in exactly one unit, and the batch that spends it.
+
+    Units (``UNITS``): ``tokens``; optimizer ``steps``; ``epochs``, a fraction in (0, 1] of one
+    epoch of the data manifest's train split, so the budget follows the data it gets and never
+    asks for a second epoch; training ``flops``, counted as the trainer counts them (6·N_non-embedding
+    + 12·L·d·T per token). ``pretrain.budget.to_steps`` turns any of them into steps.
+    """
+
+    UNITS: typing.ClassVar[tuple[str, ...]] = ("tokens", "steps", "epochs", "flops")
 
     tokens: int | None = None
     steps: int | None = None
+    epochs: float | None = None
+    flops: float | None = None
     global_batch_size: int = 8  # sequences per optimizer step, over all ranks
     micro_batch_size: int = 8  # sequences per forward pass on one rank
-    budgets: list[int] = field(default_factory=list)  # multi-budget plans (same unit as tokens/steps)
+    budgets: list[int | float] = field(default_factory=list)  # multi-budget plans, in the unit of the budget
     stop_at: int | None = None  # optimizer step to stop at early; the schedule still spans the whole budget
+
+    def given(self) -> list[str]:
+        """The units this budget is stated in (valid configs: exactly one)."""
+        return [u for u in self.UNITS if getattr(self, u) is not None]
+
+    def set_steps(self, steps: int) -> None:
+        """Restate the budget as ``steps`` optimizer steps, clearing the other units and the plan."""
+        for unit in self.UNITS:
+            setattr(self, unit, None)
+        self.steps, self.budgets = steps, []
 
 
 @dataclass
@@ -118,12 +141,13 @@ class LoggingConfig:
 
 @dataclass
 class DistConfig:
-    engine: str = "auto"  # auto | accelerate | deepspeed
+    engine: str = "auto"  # auto | accelerate | deepspeed | fsdp2
     deepspeed_config: str = ""  # path to a DeepSpeed JSON (ZeRO stage etc.)
     backend: str = "auto"  # auto | gloo | nccl
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False
-    deterministic: bool = True
+    deterministic: bool | None = None  # null = on for CPU, off on CUDA (slower there); true is enforced
+    cpu_offload: bool = False  # fsdp2: shards, gradients and optimizer step in host memory
     gpu_peak_flops: float = 0.0  # per device, for MFU; 0 = look up by device name
 
 
@@ -354,36 +378,59 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {v}")
     if m.family not in ("llama", "olmo2"):
         raise ConfigError(f"model.family: {m.family!r} is not one of llama, olmo2")
+    if m.attn_impl not in ("auto", "eager", "sdpa", "flash_attention_2"):
+        raise ConfigError(f"model.attn_impl: {m.attn_impl!r} is not one of auto, eager, sdpa, flash_attention_2")
     if m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if m.num_heads % m.num_kv_heads:
         raise ConfigError(f"model.num_heads {m.num_heads} is not divisible by model.num_kv_heads {m.num_kv_heads}")
     if cfg.data.seq_len > m.max_seq_len:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {m.max_seq_len}")
-    if (b.tokens is None) == (b.steps is None):
-        raise ConfigError("budget: give exactly one of budget.tokens or budget.steps")
-    if (b.tokens is not None and b.tokens <= 0) or (b.steps is not None and b.steps <= 0):
-        raise ConfigError("budget: the budget must be positive")
-    if b.global_batch_size <= 0 or b.micro_batch_size <= 0:
-        raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
-    if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
-        raise ConfigError(f"budget.budgets must be strictly increasing, got {b.budgets}")
-    if cfg.dist.engine not in ("auto", "accelerate", "deepspeed"):
-        raise ConfigError(f"dist.engine: {cfg.dist.engine!r} is not one of auto, accelerate, deepspeed")
+    _validate_budget(b)
+    from pretrain.engines import validate_dist  # noqa: PLC0415  (engines know what they support)
+
+    validate_dist(cfg)
     if cfg.dist.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"dist.precision: {cfg.dist.precision!r} is not one of auto, fp32, bf16")
     if cfg.logging.wandb_mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not one of offline, online, disabled")
-    from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
-    from pretrain.budget import total_steps_of  # noqa: PLC0415
+    from pretrain.ordering import ORDERS  # noqa: PLC0415
 
-    total = cfg.budget.steps
-    if total is None and cfg.budget.tokens is not None:
-        total = total_steps_of(cfg)
+    if cfg.data.order not in ORDERS:
+        raise ConfigError(f"data.order: {cfg.data.order!r} is not one of {', '.join(ORDERS)}")
+    from pretrain import schedules  # noqa: PLC0415  (schedules validate their own parameters)
+    from pretrain.budget import resolvable, total_steps_of  # noqa: PLC0415
+
+    # a budget stated against the data is resolved here when the data exists; otherwise the
+    # budget-dependent schedule checks wait for the run (which cannot start without the data)
+    total = total_steps_of(cfg) if resolvable(cfg) else None
     try:
         schedules.validate(cfg.schedule.name, total_steps=total, **cfg.schedule.kwargs())
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"schedule: {e}") from None
+
+
+def _validate_budget(b: BudgetConfig) -> None:
+    units = b.given()
+    if len(units) != 1:
+        named = " and ".join(f"budget.{u}" for u in units) + " are given together" if units else "no budget is given"
+        raise ConfigError(f"budget: give exactly one of {', '.join(f'budget.{u}' for u in b.UNITS)} ({named})")
+    unit = units[0]
+    if unit == "epochs":
+        if not 0 < b.epochs <= 1:
+            raise ConfigError(f"budget.epochs must be in (0, 1], a fraction of one epoch of the data (more would "
+                              f"repeat data), got {b.epochs}")
+    elif not (getattr(b, unit) > 0 and math.isfinite(getattr(b, unit))):
+        raise ConfigError(f"budget.{unit} must be positive, got {getattr(b, unit)}")
+    for i, x in enumerate(b.budgets):
+        if unit == "epochs" and not 0 < x <= 1:
+            raise ConfigError(f"budget.budgets[{i}]: {x} is not a fraction of one epoch in (0, 1] (budget.epochs is set)")
+        if unit != "epochs" and (not float(x).is_integer() or x <= 0):
+            raise ConfigError(f"budget.budgets[{i}]: {x} is not a positive whole number of {unit} (budget.{unit} is set)")
+    if b.global_batch_size <= 0 or b.micro_batch_size <= 0:
+        raise ConfigError("budget.global_batch_size and budget.micro_batch_size must be positive")
+    if any(x >= y for x, y in zip(b.budgets, b.budgets[1:])):
+        raise ConfigError(f"budget.budgets must be strictly increasing, got {b.budgets}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

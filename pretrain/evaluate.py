@@ -13,7 +13,7 @@ import torch
 from pretrain import checkpoint as ckpt_io
 from pretrain.config import load_config
 from pretrain.data import DataError, TokenData, eval_batches
-from pretrain.engine import load_model
+from pretrain.engines.weights import load_checkpoint_weights
 from pretrain.model import build_model, resolve_vocab_size
 
 
@@ -39,7 +39,7 @@ def evaluate(source: str | Path, manifest: str | Path, *, split: str = "val", se
     seq_len = seq_len or cfg.data.seq_len
     vocab = resolve_vocab_size(cfg.model, train_data.vocab_size)
     model = build_model(cfg.model, vocab, attn_impl="sdpa")
-    load_model(model, ckpt / "model.safetensors")
+    load_checkpoint_weights(model, ckpt)
     model.eval()
     batches = eval_batches(data, seq_len=seq_len, micro_batch_size=micro_batch_size, max_batches=max_batches,
                            split=split)

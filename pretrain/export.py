@@ -11,7 +11,7 @@ from pathlib import Path
 from pretrain import checkpoint as ckpt_io
 from pretrain.config import load_config
 from pretrain.data import TokenData
-from pretrain.engine import load_model
+from pretrain.engines.weights import load_checkpoint_weights
 from pretrain.model import build_model, resolve_vocab_size
 
 
@@ -24,7 +24,7 @@ def export(run_or_checkpoint: str | Path, out: str | Path, *, verify: bool = Tru
     vocab = resolve_vocab_size(cfg.model, data.vocab_size)
     model = build_model(cfg.model, vocab, device="cpu", attn_impl="sdpa", eos_id=data.eos_id,
                         bos_id=data.bos_id, pad_id=data.pad_id)
-    load_model(model, ckpt / "model.safetensors")
+    load_checkpoint_weights(model, ckpt)
     model.tie_weights()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -20,7 +20,8 @@ from pretrain import checkpoint as ckpt_io
 from pretrain.budget import total_steps_of
 from pretrain.config import ConfigError, TrainConfig, save_config, to_dict
 from pretrain.data import DataError, OneEpochLoader, TokenData, eval_batches
-from pretrain.engine import make_engine, world_info
+from pretrain.engines import make_engine
+from pretrain.engines.base import world_info
 from pretrain.metrics import MetricsLogger, gpu_peak_flops, read_metrics, truncate_metrics
 from pretrain.model import build_model, count_params, flops_per_token, resolve_vocab_size
 from pretrain.schedules import lr_multiplier
@@ -107,15 +108,14 @@ class Trainer:
         self.accum_steps = b.global_batch_size // (b.micro_batch_size * world)
         # One-epoch check before any process group or model exists: fail fast and cheaply.
         probe = OneEpochLoader(self.data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
-                               micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed)
+                               micro_batch_size=b.micro_batch_size, world_size=world, seed=cfg.data.seed,
+                               order=cfg.data.order)
         probe.check_budget(self.total_steps)
         del probe
         if self.data.num_sequences("val", cfg.data.seq_len) == 0:
             raise DataError(f"{self.data.path}: the validation split holds {self.data.num_tokens('val')} tokens, less "
                             f"than one sequence of {cfg.data.seq_len}; re-tokenize with a larger val_fraction")
 
-        if cfg.dist.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         data = self.data
 
@@ -131,7 +131,8 @@ class Trainer:
         ledger = self.run_dir / "ledger" / f"rank-{self.rank:05d}.jsonl" if cfg.data.ledger else None
         self.loader = OneEpochLoader(data, seq_len=cfg.data.seq_len, global_batch_size=b.global_batch_size,
                                      micro_batch_size=b.micro_batch_size, rank=self.rank,
-                                     world_size=self.world_size, seed=cfg.data.seed, ledger_path=ledger)
+                                     world_size=self.world_size, seed=cfg.data.seed, order=cfg.data.order,
+                                     ledger_path=ledger)
         self.step = 0
         self.last_eval_step = -1
         self.last_ckpt_step = -1
@@ -199,8 +200,8 @@ class Trainer:
         if self.is_main:
             ckpt_io.begin(self.ckpt_root, self.step)
         self.engine.barrier()
-        self.engine.save(tmp)
-        ckpt_io.write_rng(tmp, self.rank)
+        written = self.engine.save(tmp) + [ckpt_io.write_rng(tmp, self.rank)]
+        writers = self.engine.gather(written)
         if self.is_main:
             state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
                      "loader": self.loader.state().to_dict(), "engine": self.engine.name,
@@ -211,7 +212,7 @@ class Trainer:
         final = self.ckpt_root / ckpt_io.step_dir_name(self.step)
         if self.is_main:
             ckpt_io.finalize(self.ckpt_root, tmp, self.step, self.cfg.checkpoint.keep_last,
-                             tuple(self.cfg.checkpoint.at_steps))
+                             tuple(self.cfg.checkpoint.at_steps), writers=writers)
         self.engine.barrier()
         self.last_ckpt_step = self.step
         return final

@@ -86,11 +86,12 @@ def test_plan_budgets_must_increase(tmp_path, fixture_tokens):
 
 
 @pytest.mark.parametrize("mode", ["wsd", "wsds"])
-def test_three_budget_plan(tmp_path, fixture_tokens, mode):
+def test_three_budget_plan(tmp_path, fixture_tokens, capsys, mode):
     sched = {"name": "wsd", "warmup_steps": 2, "decay_fraction": 0.25, "decay_shape": "1-sqrt", "min_lr_ratio": 0.0}
     cfg = from_dict(base_config(fixture_tokens, tmp_path / "plan", budget={"steps": 24, "budgets": [8, 16, 24]},
                                 schedule=sched, eval={"every": 0, "batches": 2}))
-    report = run_plan(cfg, mode=mode)
+    report = run_plan(cfg, mode=mode, predict="tissue")
+    _check_predictions(report, capsys.readouterr().out, mode, tmp_path / "plan")
     rows = report["budgets"]
     assert [r["budget"] for r in rows] == [8, 16, 24]
     assert [r["decay_steps"] for r in rows] == [2, 4, 6]
@@ -110,3 +111,49 @@ def test_three_budget_plan(tmp_path, fixture_tokens, mode):
         # WSD-S: budget 16 continued from the decayed budget-8 model at step 8, at peak LR, no re-warmup
         seg = [r for r in read_jsonl(tmp_path / "plan" / "budget-16" / "metrics.jsonl") if r["type"] == "train"]
         assert seg[0]["step"] == 9 and seg[0]["lr_mult"] == 1.0
+
+
+
+def _check_predictions(report, out, mode, root):
+    """--predict: no number for a budget nothing decayed yet can identify (WSD: the stable main run; WSD-S: no
+    run yet), then real predictions fitted on what was trained, made with the LRs each budget trains under;
+    the actual final train loss beside them; plan.png drawn."""
+    import numpy as np
+
+    from pretrain.predict import LawParams, predict
+
+    first, second, third = report["budgets"]
+    assert first["predicted_final_loss"] is None and "prediction_error" not in first
+    if mode == "wsd":
+        assert "budget 8: no prediction from main: the LR of main never decays" in out
+        assert "held at the peak to step 8 (no decay)" in out and first["no_decay_loss"] > 0
+    else:
+        assert "budget 8: nothing trained yet" in out
+    assert third["prediction_fit"] == ("main + budget-8 + budget-16" if mode == "wsd" else "budget-8 + budget-16")
+    actual = np.mean([r["loss"] for r in read_jsonl(root / "budget-24" / "metrics.jsonl") if r["type"] == "train"][-10:])
+    assert third["actual_final_train_loss"] == pytest.approx(actual)
+    assert third["prediction_error"] == pytest.approx(third["predicted_final_loss"] / actual - 1)
+    # the prediction used the LRs that budget actually trained under, as its runs logged them (WSD: main up to the
+    # branch point, then the branch; WSD-S: every earlier segment's decay stays in the history)
+    parts = ["main", "budget-24"] if mode == "wsd" else ["budget-8", "budget-16", "budget-24"]
+    logged = {}
+    for part in parts:
+        logged.update({r["step"]: r["lr"] for r in read_jsonl(root / part / "metrics.jsonl") if r["type"] == "train"})
+    history = np.array([logged[s] for s in range(1, 25)])
+    params = {k: v for k, v in third["prediction_params"].items() if k != "law"}
+    assert third["predicted_final_loss"] == pytest.approx(np.mean(predict(LawParams(**params), history)[-10:]))
+    assert "pred. train" in out and f"{100 * third['prediction_error']:+.2f}%" in out
+    assert (root / "plan.png").read_bytes()[:4] == b"\x89PNG" and report["plot"].endswith("plan.png")
+
+
+def test_plan_cli_predict_flag():
+    from pretrain.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["plan", "c.yaml"]).predict is None
+    assert parse(["plan", "c.yaml", "--predict"]).predict == "tissue"
+    assert parse(["plan", "c.yaml", "--predict", "mpl"]).predict == "mpl"
+    with pytest.raises(ConfigError, match="unknown law 'nope'"):
+        run_plan(from_dict(base_config("m.json", "r", budget={"steps": 24, "budgets": [8, 24]},
+                                       schedule={**WSD, "decay_steps": None, "decay_fraction": 0.25}, model={"vocab_size": 512})),
+                 predict="nope")

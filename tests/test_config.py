@@ -5,8 +5,8 @@ from pretrain.config import ConfigError, load_config, save_config, to_dict
 
 
 def test_quickstart_loads_with_overrides():
-    cfg = load_config("configs/train/quickstart.yaml", ["optim.lr=1e-3", "run_dir=runs/x", "budget.budgets=[100,200]"])
-    assert cfg.optim.lr == 1e-3 and cfg.run_dir == "runs/x" and cfg.budget.budgets == [100, 200]
+    cfg = load_config("configs/train/quickstart.yaml", ["optim.lr=1e-3", "run_dir=runs/x", "budget.budgets=[0.25,0.5]"])
+    assert cfg.optim.lr == 1e-3 and cfg.run_dir == "runs/x" and cfg.budget.budgets == [0.25, 0.5]
     assert cfg.model.family == "llama" and cfg.model.num_layers == 2  # the `tiny` preset was pulled in
     assert cfg.schedule.name == "wsd" and cfg.schedule.params["decay_shape"] == "1-sqrt"
 
@@ -19,7 +19,7 @@ def test_quickstart_loads_with_overrides():
     ("model.family=gpt2", "model.family"),
     ("schedule.phi=1.0", "phi"),
     ("schedule.name=bogus", "bogus"),
-    ("budget.budgets=[300,100]", "increasing"),
+    ("budget.budgets=[0.6,0.3]", "increasing"),
 ])
 def test_bad_keys_and_types_fail_naming_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):

@@ -156,8 +156,13 @@ def test_build_labels_domains_and_skips_missing_package(tmp_path):
     out = tmp_path / "corpus"
     m = _build(out, tmp_path, size="full")
     assert m["status"] == "complete" and json.loads((out / "corpus.json").read_text()) == m
+    assert m["built_domains"] == ["web", "books"] and m["missing_domains"] == {}
     assert m["skipped_packages"] == {"no-such-package-xyz": "E: Unable to locate package no-such-package-xyz"}
     assert "no-such-package-xyz" in m["skipped_sources"]["bogus"]
+    books = m["domains"]["books"]["sources"]
+    assert books["bogus"] == {"status": "missing", "documents": 0, "bytes": 0,
+                              "reason": "E: Unable to locate package no-such-package-xyz"}
+    assert books["readme"]["status"] == "built" and books["readme"]["documents"] == 1
     assert m["domains"]["web"]["documents"] == 12 and m["domains"]["books"]["documents"] == 1
     records = list(C.read_corpus(out))
     assert {r["domain"] for r in records} == {"web", "books"}
@@ -218,7 +223,7 @@ def test_partial_or_foreign_directories_are_refused(tmp_path):
     with pytest.raises(C.CorpusError, match="unreadable corpus manifest"):
         _build(out, tmp_path, size="full")
     (out / "corpus.json").write_text('{"status": "building"}')
-    with pytest.raises(C.CorpusError, match="no complete corpus.json"):
+    with pytest.raises(C.CorpusError, match="no finished corpus.json"):
         list(C.read_corpus(out))
     assert _build(out, tmp_path, size="full")["status"] == "complete"  # an incomplete corpus is rebuilt
     with pytest.raises(C.CorpusError, match="unknown domain"):
@@ -244,16 +249,109 @@ def test_sample_corpus_round_robins_sources(tmp_path):
 def test_apt_fetcher_without_apt_fails_once_per_build(tmp_path, monkeypatch):
     monkeypatch.setattr(C.shutil, "which", lambda name: None)
     fetcher = C.AptFetcher()
-    with pytest.raises(C.PackageUnavailable, match="apt-get/dpkg-deb not installed"):
+    with pytest.raises(C.PackageUnavailable, match="apt-get and dpkg-deb not on PATH"):
         fetcher("dict-jargon", tmp_path)
     monkeypatch.setattr(C.shutil, "which", lambda name: pytest.fail("apt setup retried"))
-    with pytest.raises(C.PackageUnavailable, match="not installed"):
+    with pytest.raises(C.PackageUnavailable, match="not on PATH"):
         fetcher("dict-foldoc", tmp_path)
     (tmp_path / "debs" / "junk_1.0_all.deb").write_bytes(b"not a deb")  # cached but truncated download
     monkeypatch.setattr(C.shutil, "which", lambda name: "/usr/bin/" + name)
     with pytest.raises(C.PackageUnavailable, match="dpkg-deb -x junk_1.0_all.deb failed"):
         fetcher("junk", tmp_path)
     assert not (tmp_path / "debs" / "junk_1.0_all.deb").exists() and not (tmp_path / "pkgs" / "junk").exists()
+
+
+# ----------------------------------------------------------------------------- partial builds, the fallback
+
+PARTIAL_SOURCES = FAKE_SOURCES + (
+    C.Source("rfc", "standards", C.text_files(("**/*.txt",)), ("doc-rfc-nowhere",)),
+    C.Source("empty", "standards", C.text_files(("nothing/*.txt",)), ("pkg-text",)),
+)
+
+
+def test_a_domain_without_text_makes_the_build_partial_and_says_why(tmp_path):
+    out = tmp_path / "corpus"
+    m = _build(out, tmp_path, size="full", sources=PARTIAL_SOURCES)
+    assert m["status"] == "partial" and json.loads((out / "corpus.json").read_text()) == m
+    assert m["built_domains"] == ["web", "books"]
+    assert m["missing_domains"] == {"standards": "E: Unable to locate package doc-rfc-nowhere (rfc); no text found in it (empty)"}
+    std = m["domains"]["standards"]
+    assert std["status"] == "missing" and std["file"] is None and not (out / "standards.jsonl").exists()
+    assert std["sources"]["empty"] == {"status": "missing", "documents": 0, "bytes": 0, "reason": "no text found in it"}
+    assert {r["domain"] for r in C.read_corpus(out)} == {"web", "books"}
+    table = C.summary_table(m).splitlines()
+    assert any(row.startswith("standards") and "MISSING: E: Unable to locate package doc-rfc-nowhere" in row for row in table)
+    mb = sum(len(r["text"].encode()) for r in C.read_corpus(out)) / 1e6
+    assert table[-1] == f"corpus: PARTIAL, 2 of 3 domains built (web, books; {mb:.2f} MB), missing 1: standards"
+    calls: list[str] = []
+    _build(out, tmp_path, calls, size="full", sources=PARTIAL_SOURCES)
+    assert "doc-rfc-nowhere" in calls  # a partial corpus is not a cache hit: the archive may answer now
+
+
+def _hide_apt(monkeypatch) -> None:
+    which = C.shutil.which
+    monkeypatch.setattr(C.shutil, "which", lambda name, *a, **k: None if name in ("apt-get", "dpkg-deb") else which(name, *a, **k))
+
+
+def _local_and_apt_sources(tmp_path: Path) -> tuple:
+    """A source on disk (needs no package manager) and one that needs apt, as in the real table."""
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "notes.txt").write_text("Text already on disk, which no package manager is needed for. " * 20)
+    return (C.Source("on-disk", "code", C.text_files(("*.txt",)), local=lambda: local),
+            C.Source("a-package", "books", C.text_files(("**/*.txt",)), ("some-package",)))
+
+
+def test_cli_partial_build_exits_nonzero_unless_allowed_and_later_steps_say_partial(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(C, "SOURCES", _local_and_apt_sources(tmp_path))
+    _hide_apt(monkeypatch)
+    out = tmp_path / "c"
+    args = ["corpus", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    assert cli_main(args) == 1
+    printed, err = capsys.readouterr()
+    assert "books" in printed and "MISSING: apt-get and dpkg-deb not on PATH, not a Debian-based machine (a-package)" in printed
+    assert "corpus: PARTIAL, 1 of 2 domains built (code; 0.00 MB), missing 1: books" in printed
+    assert "is a partial corpus" in err and "--allow-partial" in err and "Traceback" not in err
+    assert json.loads((out / "corpus.json").read_text())["status"] == "partial"
+    assert cli_main(args + ["--allow-partial"]) == 0
+    capsys.readouterr()
+    assert cli_main(["embed", str(out / "*.jsonl"), "--out", str(tmp_path / "f"), "--encoder", "hashing", "--no-progress"]) == 0
+    assert f"warning: {out} is a partial corpus: PARTIAL, 1 of 2 domains built (code" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # one or the other
+        cli_main(args + ["--allow-partial", "--fallback", str(FIXTURE)])
+    assert usage.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_cli_without_apt_falls_back_to_the_committed_corpus_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(C, "SOURCES", _local_and_apt_sources(tmp_path))
+    _hide_apt(monkeypatch)
+    out = tmp_path / "c"
+    args = ["corpus", "--out", str(out), "--cache", str(tmp_path / "cache"), "--fallback", str(FIXTURE)]
+    assert cli_main(args) == 0
+    files = sorted(FIXTURE.glob("*.jsonl"))
+    docs = sum(len(f.read_text().splitlines()) for f in files)
+    mb = sum(len(json.loads(line)["text"].encode()) for f in files for line in f.read_text().splitlines()) / 1e6
+    assert capsys.readouterr().out.splitlines() == [
+        f"corpus: the Debian corpus cannot be built here (1 of 2 domains missing; apt-get and dpkg-deb not on PATH, "
+        f"not a Debian-based machine); using the {len(files)}-domain corpus {FIXTURE} instead ({docs} documents, "
+        f"{mb:.2f} MB) -> {out}"]
+    assert sorted(p.name for p in out.glob("*.jsonl")) == [f.name for f in files]
+    assert all((out / f.name).read_bytes() == f.read_bytes() for f in files)
+    m = json.loads((out / "corpus.json").read_text())
+    assert m["status"] == "complete" and m["fallback"]["source"] == str(FIXTURE) and "apt-get" in m["fallback"]["reason"]
+    stamp = (out / "code.jsonl").stat().st_mtime_ns
+    assert cli_main(args) == 0 and (out / "code.jsonl").stat().st_mtime_ns == stamp  # kept: later steps' caches hold
+    assert cli_main(args[:-1] + [str(tmp_path / "local")]) == 2  # a fallback that is no corpus
+    assert "no complete corpus.json" in capsys.readouterr().err
+
+
+def test_fallback_only_when_the_build_is_partial(tmp_path):
+    kw = dict(cache_dir=tmp_path / "cache", fetch=fake_fetch([]), progress=False, size="full", fallback=FIXTURE)
+    m = C.build_or_fallback(tmp_path / "a", sources=FAKE_SOURCES, **kw)
+    assert m["status"] == "complete" and "fallback" not in m and m["built_domains"] == ["web", "books"]
+    m = C.build_or_fallback(tmp_path / "b", sources=PARTIAL_SOURCES, **kw)
+    assert m["fallback"]["reason"] == "1 of 3 domains missing; E: Unable to locate package doc-rfc-nowhere"
+    assert set(m["domains"]) == {f.stem for f in FIXTURE.glob("*.jsonl")}
 
 
 # ----------------------------------------------------------------------------- committed fixture

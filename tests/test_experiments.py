@@ -49,6 +49,7 @@ def fake_run(layout, sched, steps, lr, seed, val_offset=0.0):
     lines.append({"type": "eval", "step": steps, "tokens": steps * 1024, "val_loss": val})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (run_dir / "summary.json").write_text(json.dumps({"step": steps, "final_val_loss": val}))
+    common.publish(run_dir, layout.results / run_dir.name)
     return run_dir
 
 
@@ -94,16 +95,31 @@ def test_schedules_report_tables_plots_and_sanity(quick):
 
 
 def test_prediction_recovers_law_generated_runs(quick):
+    """From the published metrics alone: single-run, two-run and plan (main + branch) fits of the law that
+    generated the runs predict every run almost exactly; both laws are tabled."""
     fake_experiment_a(quick)
+    b_layout = common.Layout(branching.NAME, quick=True)
+    fake_wsd_plan(quick, b_layout)
+    for sub in ("main", f"budget-{quick.budgets[0]}"):
+        dest = b_layout.results / branching.plan_name("wsd") / sub
+        dest.mkdir(parents=True)
+        (dest / "metrics.jsonl").write_text((b_layout.runs / "plan-wsd" / sub / "metrics.jsonl").read_text())
     pred_layout = common.Layout(prediction.NAME, quick=True)
-    results = prediction.predictions(pred_layout, BEST_LR)
-    big = f"wsd-b{quick.budgets[-1]}"
-    rows = results[big]["rows"]
-    assert len(rows) == len(prediction.targets(quick, BEST_LR))
-    assert sum(r["in_sample"] for r in rows) == 1
-    assert max(abs(r["rel_error"]) for r in rows) < 2e-3
+    results = prediction.predictions(pred_layout, BEST_LR, "tissue")
+    b = quick.budgets
+    assert set(results) == {f"cosine-b{b[-1]}", f"wsd-b{b[-1]}", f"wsd-b{b[0]}", f"wsd-b{b[0]}+cosine-b{b[0]}",
+                            f"plan main+b{b[0]}"}
+    for name, res in results.items():
+        rows = res["rows"]
+        assert len(rows) == len(prediction.targets(quick, BEST_LR))
+        assert sum(r["in_sample"] for r in rows) == (2 if "+cosine" in name else 1), name
+        assert max(abs(r["rel_error"]) for r in rows) < 2e-3, name
     text = prediction.report(pred_layout, BEST_LR)
     assert "(fit)" in text and (pred_layout.results / "prediction-errors.png").is_file()
+    assert f"| plan main+b{b[0]} | mpl |" in text and f"| plan main+b{b[0]} | tissue λ=0.999 |" in text
+    assert f"| wsd-b{b[0]} | mpl | refused |" in text and "too short to fit" in text  # 11 points, 7 parameters
+    summary = json.loads((pred_layout.results / "summary.json").read_text())
+    assert set(summary["fits"]) == {"tissue", "mpl"}
 
 
 def fake_wsd_plan(quick, b_layout):

@@ -75,7 +75,7 @@ def test_run_end_to_end_and_accounting_adds_up(pipeline_run):
     tmp, n_input, cfg, res = pipeline_run
     out = tmp / "out"
     for name in ("features/features.f32", "selection.jsonl", "select.json", "tokens/manifest.json",
-                 "report.json", "spectrum.png", "run.json"):
+                 "report.json", "spectrum.png", "domains.png", "run.json"):
         assert (out / name).is_file(), name
     rep = json.loads((out / "report.json").read_text())
     acc = rep["accounting"]
@@ -151,6 +151,16 @@ def test_exact_copies_are_dropped_at_embed_and_near_copies_are_their_own_bucket(
     assert acc["selected"] + acc["not_selected"] + acc["deduplicated"] + 5 == acc["input_documents"] == 75
     assert acc["rejected"]["by_reason"] == {"duplicate_content": 5}
     assert rep["domains"]["mix"]["deduplicated"] == 10
+    # dedup+random: as many files as DiSF picks from the whole pool, at random among the survivors
+    rec = select_features(tmp_path / "f", tmp_path / "dr", method="dedup+random", ratio=0.5, batch_size=20, seed=3,
+                          progress=False)
+    assert rec["counts"]["deduplicated"] == 10
+    assert rec["counts"]["selected"] == selection_size(70, ratio=0.5, k_per_batch=None, batch_size=20, seed=3)
+    rows = [json.loads(line)["row"] for line in (tmp_path / "dr" / "selection.jsonl").read_text().splitlines()]
+    assert not set(rows) & set(range(60, 70)) and len(set(rows)) == len(rows)
+    again = select_features(tmp_path / "f", tmp_path / "dr2", method="dedup+random", ratio=0.5, batch_size=20, seed=3,
+                            progress=False)
+    assert again["selection_sha256"] == rec["selection_sha256"]
 
 
 def test_dsir_towards_a_domain(pipeline_run, tmp_path):
@@ -204,6 +214,7 @@ def test_cli_embed_select_report(tmp_path, capsys):
     assert main(["report", "--features", f, "--selection", f"{s}/selection.jsonl", "--out", s, "--top-k", "4"]) == 0
     out = capsys.readouterr().out
     assert "accounting: 353 input" in out and (tmp_path / "s" / "spectrum.png").is_file()
+    assert "domains.png" in out and (tmp_path / "s" / "domains.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["select", "--features", str(tmp_path / "nope"), "--out", s]) == 2
     assert "no features.json" in capsys.readouterr().err
 

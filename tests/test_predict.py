@@ -1,4 +1,5 @@
-"""Loss prediction with the LR-annealing law: areas, recovery of known parameters, metrics reading, CLI."""
+"""Loss prediction with the LR-annealing law and the multi-power law: areas, recovery of known parameters,
+refusals (too short, annealing not identifiable), metrics reading, CLI."""
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ def test_fit_rejects_bad_input():
     lrs = _lrs(**WSD)
     with pytest.raises(ValueError, match="steps must lie in"):
         P.fit(np.arange(1, 11), np.ones(10), lrs[:5])
-    with pytest.raises(ValueError, match="the fit needs at least 8"):
+    with pytest.raises(P.FitError, match=r"too short to fit: 0 usable loss points .* 4 parameters .* \(8\)"):
         P.fit(np.arange(1, 11), np.ones(10), lrs)  # all within warm-up
+    with pytest.raises(P.FitError, match=r"too short to fit: 10 usable .* mpl law has 7 parameters"):
+        P.fit(np.arange(51, 61), np.ones(10), lrs, law="mpl")  # 10 points after warm-up: fewer than 2 x 7
 
 
 def _write_metrics(path, steps, losses, lrs, extra_lines=()):
@@ -133,3 +136,110 @@ def test_cli_predict(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["predict", "--metrics", str(tmp_path / "nope.jsonl"), "--schedule", str(cfg)]) == 2
     assert "metrics file not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- multi-power law
+
+MPL_TRUE = P.MPLParams(L0=2.0, A=1.0, alpha=0.5, B=0.4, C=2.0, beta=0.6, gamma=0.6, lr_ref=PEAK)
+SHORT = 600
+SHORT_WSD = dict(name="wsd", warmup_steps=30, decay_steps=100, decay_shape="1-sqrt")
+SHORT_COSINE = dict(name="cosine", warmup_steps=30, min_lr_ratio=0.1)
+
+
+def _short(name: str, **params) -> np.ndarray:
+    return PEAK * schedules.multipliers(name, SHORT, **params)
+
+
+def _mpl_by_definition(p: P.MPLParams, lrs: np.ndarray) -> np.ndarray:
+    """The multi-power law written out term by term from its definition (Luo et al. 2025; PAPERS.md):
+    L(t) = L0 + A (S1(t) + S_W)^-alpha - B sum_{k=1..t} (eta_{k-1} - eta_k) G(eta_k^-gamma S_k(t)),
+    k counted after warm-up (eta_0 = the peak), S_k(t) = sum_{tau=k..t} eta_tau, G(x) = 1 - (C x + 1)^-beta."""
+    eta = lrs / p.lr_ref
+    w = int(np.argmax(eta))  # warm-up updates before the peak; post-warm-up update k is eta[w + k]
+    out = []
+    for t in range(1, len(eta) + 1):
+        area = sum(eta[:t])  # S1 + S_W: every update's LR, warm-up included
+        drop = 0.0
+        for k in range(1, t - w):
+            prev, cur = eta[w + k - 1], eta[w + k]
+            s_k = sum(eta[w + k:t])
+            drop += (prev - cur) * (1 - (p.C * cur ** -p.gamma * s_k + 1) ** -p.beta)
+        out.append(p.L0 + p.A * area ** -p.alpha - p.B * drop)
+    return np.array(out)
+
+
+def test_mpl_matches_its_definition():
+    lrs = PEAK * schedules.multipliers("cosine", 120, warmup_steps=10, min_lr_ratio=0.1)
+    np.testing.assert_allclose(P.predict(MPL_TRUE, lrs), _mpl_by_definition(MPL_TRUE, lrs), rtol=1e-10)
+    flat = PEAK * schedules.multipliers("constant", 120, warmup_steps=10)
+    np.testing.assert_allclose(P.predict(MPL_TRUE, flat), MPL_TRUE.L0 + MPL_TRUE.A * np.cumsum(flat / PEAK) ** -0.5)
+
+
+def test_mpl_fit_recovers_exact_law_and_predicts_another_schedule():
+    lrs, other = _short(**SHORT_WSD), _short(**SHORT_COSINE)
+    fp = P.fit(np.arange(1, SHORT + 1), P.predict(MPL_TRUE, lrs), lrs, law="mpl")
+    assert fp.rmse_log < 1e-6
+    truth = P.predict(MPL_TRUE, other)
+    np.testing.assert_allclose(P.predict(fp, other), truth, rtol=1e-4)
+    assert fp.to_dict()["law"] == "mpl" and "gamma=" in fp.describe()
+
+
+@pytest.mark.parametrize("law", ["tissue", "mpl"])
+def test_a_run_that_never_decays_cannot_identify_annealing(law):
+    """A WSD main run's stable phase: refused with the reason and what data would help, and the power-law part
+    alone (annealing=False) is still available as an explicit no-decay extrapolation."""
+    lrs = _short(**SHORT_WSD)
+    stable = np.arange(1, SHORT - 100 + 1)
+    losses = P.predict(MPL_TRUE, lrs)[stable - 1]
+    with pytest.raises(P.FitError, match=r"never decays after warm-up .* cannot be identified .* decayed branch"):
+        P.fit(stable, losses, lrs, law=law)
+    flat = P.fit(stable, losses, lrs, law=law, annealing=False)
+    assert not flat.annealing
+    constant = PEAK * schedules.multipliers("constant", SHORT, warmup_steps=30)
+    pred = P.predict(flat, constant)
+    assert np.all(np.diff(pred[100:]) <= 0)  # a power law in the LR area: no drop, no rise
+
+
+def test_two_runs_main_plus_branch_identify_the_law():
+    """pretrain plan --predict's case: the stable main run plus one decayed branch predict a longer budget."""
+    main_lrs = _short(**SHORT_WSD)
+    truth = P.predict(TRUE, main_lrs)
+    stable = P.Run(np.arange(1, SHORT - 100 + 1), truth[: SHORT - 100], main_lrs, name="main")
+    short = PEAK * schedules.multipliers("wsd", 300, warmup_steps=30, decay_steps=50, decay_shape="1-sqrt")
+    branch = P.Run(np.arange(251, 301), P.predict(TRUE, short)[250:], short, name="budget-300")
+    fp = P.fit_runs([stable, branch])
+    assert abs(P.predict(fp, main_lrs)[-1] / truth[-1] - 1) < 1e-4
+
+
+def test_cli_predict_law_mpl_and_refusals(tmp_path, capsys):
+    lrs = _short(**SHORT_WSD)
+    steps = np.arange(1, SHORT + 1)
+    _write_metrics(tmp_path / "wsd.jsonl", steps, P.predict(MPL_TRUE, lrs), lrs)
+    cfg = tmp_path / "cos.yaml"
+    cfg.write_text(f"optim: {{lr: {PEAK}}}\nschedule: {{name: cosine, warmup_steps: 30, min_lr_ratio: 0.1}}\n"
+                   f"budget: {{steps: {SHORT}}}\n")
+    assert main(["predict", "--law", "mpl", "--metrics", str(tmp_path / "wsd.jsonl"), "--schedule", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    truth = P.predict(MPL_TRUE, _short(**SHORT_COSINE))[-1]
+    assert "mpl: L0=2.0000" in out and f"{truth:.4f}" in out.split("predicted final loss")[1]
+    stable = steps[: SHORT - 100]
+    _write_metrics(tmp_path / "main.jsonl", stable, P.predict(MPL_TRUE, lrs)[stable - 1], lrs[stable - 1])
+    for law in ("tissue", "mpl"):
+        assert main(["predict", "--law", law, "--metrics", str(tmp_path / "main.jsonl"), "--schedule", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "never decays after warm-up" in err and "cannot be identified" in err
+    _write_metrics(tmp_path / "short.jsonl", steps[:35], np.ones(35), lrs[:35])  # steps 30-35: 6 points from the peak on
+    assert main(["predict", "--metrics", str(tmp_path / "short.jsonl"), "--schedule", str(cfg)]) == 2
+    assert "too short to fit: 6 usable loss points" in capsys.readouterr().err
+
+
+def test_a_fit_whose_annealing_term_vanishes_says_so():
+    """Runs that decay but whose losses show no gain from it: the fit says its annealing term is ~0 rather
+    than let a prediction of a decay pass for one that was learned."""
+    from dataclasses import replace
+
+    lrs = _lrs(**WSD)
+    steps = np.arange(1, TOTAL + 1)
+    fp = P.fit(steps, P.predict(replace(TRUE, C=0.0), lrs), lrs)
+    assert "annealing term is ~0" in fp.note and "note:" in fp.describe()
+    assert P.fit(steps, P.predict(TRUE, lrs), lrs).note == ""

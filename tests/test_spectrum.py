@@ -49,3 +49,11 @@ def test_plot_spectra_writes_png(tmp_path):
     spectrum.plot_spectra({"a": np.linspace(5, 0.1, 20), "b": np.ones(20)}, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["spectra.png"]
+
+
+def test_plot_domains_writes_a_png_and_refuses_an_empty_selection(tmp_path):
+    domains = {"code": {"pool": 60, "selected": 2}, "books": {"pool": 5, "selected": 3}}
+    spectrum.plot_domains(domains, tmp_path / "d.png")
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(spectrum.SpectrumError, match="at least one domain"):
+        spectrum.plot_domains({"code": {"pool": 60, "selected": 0}}, tmp_path / "e.png")

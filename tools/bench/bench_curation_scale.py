@@ -11,13 +11,16 @@ step on both as a child process, and reads each child's peak resident memory fro
 - tokenizing a 1/64 selection (DiSF, random) against tokenizing everything (seconds and ratio).
 
 Steps: embed (hashing encoder: one pass that writes the document table and the features),
-select with disf, random, dsir, dedup, dedup+disf and disf by token budget, report, tokenize
---selection (of the DiSF and of the random selection), and (for comparison) tokenize of the whole
-corpus. Every step uses one worker.
+select with disf, random, dsir, dedup, dedup+disf, dedup+random and disf by token budget, report,
+tokenize --selection (of the DiSF and of the random selection), and (for comparison) tokenize of
+the whole corpus. Every step uses one worker. Each step runs at both sizes before the next one
+starts, and the results are rewritten after every step, so a time-boxed run leaves complete pairs;
+``--steps`` runs a subset (embed always runs: every other step reads its features).
 
     python tools/bench/bench_curation_scale.py --work /tmp/curation-bench [--sizes 1000000 2000000]
+        [--steps "select dedup" report ...]
 
-Writes ``results.json`` and ``results.md`` into ``--work``. About 1 h for 1M + 2M on 2 cores.
+Writes ``results.json`` and ``results.md`` into ``--work``. About 1.5 h for 1M + 2M on 2 cores.
 """
 from __future__ import annotations
 
@@ -109,17 +112,19 @@ def steps(corpus: Path, work: Path, tokenizer: Path) -> list[tuple[str, list[str
         ("embed", ["embed", str(corpus), "--out", f, "--encoder", "hashing", *q]),
         ("select disf", ["select", "--features", f, "--out", sel("disf"), "--method", "disf", *q]),
         ("select random", ["select", "--features", f, "--out", sel("random"), "--method", "random", *q]),
-        ("select dsir", ["select", "--features", f, "--out", sel("dsir"), "--method", "dsir", "--target", "wiki", *q]),
-        ("select dedup", ["select", "--features", f, "--out", sel("dedup"), "--method", "dedup", *q]),
-        ("select dedup+disf", ["select", "--features", f, "--out", sel("dedup+disf"), "--method", "dedup+disf", *q]),
-        ("select disf --tokens", ["select", "--features", f, "--out", sel("tokens"), "--method", "disf",
-                                  "--tokens", "__TOKENS__", "--tokenizer", str(tokenizer), *q]),
         ("report", ["report", "--features", f, "--selection", sel("disf"), "--out", sel("disf")]),
         ("tokenize --selection", ["tokenize", str(corpus), "--out", str(work / "tok-sel"), "--selection", sel("disf"),
                                   "--tokenizer", str(tokenizer), "--workers", "1", *q]),
         ("tokenize --selection (random)", ["tokenize", str(corpus), "--out", str(work / "tok-rnd"),
                                            "--selection", sel("random"), "--tokenizer", str(tokenizer), "--workers", "1",
                                            *q]),
+        ("select dedup", ["select", "--features", f, "--out", sel("dedup"), "--method", "dedup", *q]),
+        ("select dedup+random", ["select", "--features", f, "--out", sel("dedup+random"), "--method", "dedup+random",
+                                 *q]),
+        ("select dedup+disf", ["select", "--features", f, "--out", sel("dedup+disf"), "--method", "dedup+disf", *q]),
+        ("select disf --tokens", ["select", "--features", f, "--out", sel("tokens"), "--method", "disf",
+                                  "--tokens", "__TOKENS__", "--tokenizer", str(tokenizer), *q]),
+        ("select dsir", ["select", "--features", f, "--out", sel("dsir"), "--method", "dsir", "--target", "wiki", *q]),
         ("tokenize all (reference)", ["tokenize", str(corpus), "--out", str(work / "tok-all"),
                                       "--tokenizer", str(tokenizer), "--workers", "1", *q]),
     ]
@@ -132,7 +137,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (corpora, features, outputs)")
     ap.add_argument("--sizes", type=int, nargs=2, default=[1_000_000, 2_000_000])
-    ap.add_argument("--keep", action="store_true", help="keep each size's outputs (default: delete after measuring)")
+    ap.add_argument("--keep", action="store_true", help="keep the outputs (default: delete them at the end)")
+    ap.add_argument("--steps", nargs="+", default=None, metavar="STEP",
+                    help="run only these steps (names as printed; embed always runs)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = args.work / "tokenizer"
@@ -143,6 +150,7 @@ def main() -> None:
                   "--workers", "1", "--no-progress"], args.work / "tok-train.log")
         shutil.copytree(args.work / "tok-train-out" / "tokenizer", tokenizer)
     results: dict = {"sizes": args.sizes, "steps": {}, "corpora": {}, "bench_rss_kb": _self_kb()}
+    plans = {}
     for n in args.sizes:
         folder = args.work / f"corpus-{n}"
         results["corpora"][n] = corpus(folder, n)
@@ -151,26 +159,41 @@ def main() -> None:
             shutil.rmtree(out)
         out.mkdir()
         tokens = str(int(results["corpora"][n]["bytes"] / 4.5 / 64))  # ~1/64 of the corpus, in tokens
-        for name, cmd in steps(folder, out, tokenizer):
-            cmd = [tokens if c == "__TOKENS__" else c for c in cmd]
+        plans[n] = (out, [(name, [tokens if c == "__TOKENS__" else c for c in cmd])
+                          for name, cmd in steps(folder, out, tokenizer)])
+    names = [name for name, _ in plans[args.sizes[0]][1]]
+    unknown = set(args.steps or []) - set(names)
+    if unknown:
+        raise SystemExit(f"unknown step(s) {sorted(unknown)}; steps: {names}")
+    for i, name in enumerate(names):
+        if args.steps and name != "embed" and name not in args.steps:
+            continue
+        for n in args.sizes:
+            out, cmd = plans[n][0], plans[n][1][i][1]
             r = run_step(cmd, out / f"{name.replace(' ', '_').replace('/', '')}.log")
             r["docs_per_s"] = round(n / r["seconds"], 1)
             results["steps"].setdefault(name, {})[n] = r
-            print(f"{n:>9,} {name:26s} {r['seconds']:8.1f} s {r['peak_kb'] / 1024:9.1f} MiB", flush=True)
-        for name, folder in (("disf", "tok-sel"), ("random", "tok-rnd"), ("all", "tok-all")):
-            m = json.loads((out / folder / "manifest.json").read_text())
-            results.setdefault("tokenized", {}).setdefault(n, {})[name] = {
-                "documents": m["sources"]["documents"], "pool": m["sources"]["read"],
-                "tokens": m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]}
-        if not args.keep:
-            shutil.rmtree(out)
-    write(results, args.work)
+            print(f"{n:>9,} {name:30s} {r['seconds']:8.1f} s {r['peak_kb'] / 1024:9.1f} MiB", flush=True)
+        for kind, folder in (("disf", "tok-sel"), ("random", "tok-rnd"), ("all", "tok-all")):
+            for n in args.sizes:
+                manifest = plans[n][0] / folder / "manifest.json"
+                if manifest.is_file():
+                    m = json.loads(manifest.read_text())
+                    results.setdefault("tokenized", {}).setdefault(n, {})[kind] = {
+                        "documents": m["sources"]["documents"], "pool": m["sources"]["read"],
+                        "tokens": m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]}
+        write(results, args.work)
+    if not args.keep:
+        for n in args.sizes:
+            shutil.rmtree(plans[n][0])
 
 
 def write(results: dict, work: Path) -> None:
     a, b = results["sizes"]
     rows = []
     for name, by in results["steps"].items():
+        if a not in by or b not in by:
+            continue
         pa, pb = by[a]["peak_kb"] * 1024, by[b]["peak_kb"] * 1024
         growth = (pb - pa) / (b - a)
         proj = pb + growth * (SLIMPAJAMA - b)
@@ -186,11 +209,16 @@ def write(results: dict, work: Path) -> None:
         lines.append(f"| {r['step']} | {r['peak_a_mib']:,.0f} MiB | {r['peak_b_mib']:,.0f} MiB | "
                      f"{r['bytes_per_doc']:.1f} B{'' if r['ok'] else ' (over 64)'} | {r['docs_per_s_a']:,.0f} | "
                      f"{r['docs_per_s_b']:,.0f} | {r['projected_gib']:,.1f} GiB |")
-    lines += ["", "| tokenize | documents | tokens | seconds | share of the time for everything |", "|---|---|---|---|---|"]
+    tokenized = results.get("tokenized", {})
+    if any("all" in tokenized.get(n, {}) for n in (a, b)):
+        lines += ["", "| tokenize | documents | tokens | seconds | share of the time for everything |",
+                  "|---|---|---|---|---|"]
     for n in (a, b):
-        tk = results["tokenized"][n]
+        tk = tokenized.get(n, {})
+        if "all" not in tk:
+            continue
         all_s = results["steps"][step_of["all"]][n]["seconds"]
-        for name in ("disf", "random", "all"):
+        for name in (k for k in ("disf", "random", "all") if k in tk):
             sec = results["steps"][step_of[name]][n]["seconds"]
             lines.append(f"| {name if name == 'all' else f'1/64 {name} selection'} of {n:,} | {tk[name]['documents']:,} "
                          f"({tk[name]['documents'] / tk[name]['pool']:.2%}) | {tk[name]['tokens']:,} "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from pretrain.config import from_dict  # noqa: E402
 from pretrain.data import OneEpochLoader, TokenData  # noqa: E402
-from pretrain.engine import param_groups  # noqa: E402
+from pretrain.engines.base import param_groups  # noqa: E402
 from pretrain.model import build_model, count_params  # noqa: E402
 from pretrain.trainer import train  # noqa: E402
 

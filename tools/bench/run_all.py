@@ -3,7 +3,8 @@
     python tools/bench/run_all.py [--quick] [--scale]
 
 ``--quick`` extrapolates the naive DiSF reference from 32 candidates per pick instead of running it
-in full (~1-2 min); ``--scale`` adds the 1M x 384 DiSF selection (~1 min plus feature generation).
+in full (~1-2 min); ``--scale`` adds the 1M x 384 DiSF selection (~1 min plus feature generation)
+and the trainer's start-up on 10B- and 3T-token manifests (~2 min).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def main() -> None:
     ld = run("bench_loader.py")
     ds = run("bench_disf.py", *(["--naive-candidates", "32"] if args.quick else []))
     sc = run("bench_disf.py", "--scale") if args.scale else None
+    ls = run("bench_loader.py", "--scale") if args.scale else None
     da = run("bench_data.py")
     rows = [
         ("trainer vs bare PyTorch loop", f"{tr['trainer_tokens_per_s']:,.0f} vs {tr['bare_tokens_per_s']:,.0f} tokens/s "
@@ -72,6 +74,14 @@ def main() -> None:
     if sc:
         rows.append(("DiSF select at scale", f"{sc['files']:,} x {sc['dims']} at 1/64 with {sc['workers']} workers: "
                      f"{sc['selected']:,} files", f"{sc['select_wall_s']:.0f} s", "minutes", "bench_disf.py --scale"))
+    if ls:
+        (lo_n, lo), (hi_n, hi) = list(ls["sizes"].items())[0], list(ls["sizes"].items())[-1]
+        rows.append(("trainer start-up at scale", f"{int(lo_n):,} -> {int(hi_n):,} tokens ({lo['shards']:,} -> "
+                     f"{hi['shards']:,} sparse shards), seq {ls['seq_len']}; start-up = "
+                     f"pretrain imports + Trainer() + fit() to the first batch (torch/transformers imports apart: "
+                     f"{lo['libraries_s']:.1f} s, {lo['rss_libraries_mb']:.0f} MB)",
+                     f"{lo['startup_s']:.2f} -> {hi['startup_s']:.2f} s, {lo['rss_first_batch_mb']:.0f} -> "
+                     f"{hi['rss_first_batch_mb']:.0f} MB", "< 2 s, < 500 MB, flat", "bench_loader.py --scale"))
     rows += [
         ("embedding, MiniLM (256 tokens)", "all-MiniLM-L6-v2, batch 64", f"{da['embed_minilm_256tok_docs_per_s']:.1f} docs/s", "", "bench_data.py"),
         ("embedding, MiniLM (128 tokens)", "all-MiniLM-L6-v2, batch 64", f"{da['embed_minilm_128tok_docs_per_s']:.1f} docs/s", "", "bench_data.py"),
@@ -84,12 +94,11 @@ def main() -> None:
              "taken within one run, so machine load affects both sides alike; absolute speeds vary with load.", "",
              "| what | setting | result | goal | script |", "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | `tools/bench/{e}` |" for a, b, c, d, e in rows]
+    print("\n".join(lines))
     out = Path(args.out)
     old = out.read_text().splitlines() if out.is_file() else []
-    kept = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
-    lines += [""] + old[kept:] if kept < len(old) else []  # sections of other benchmarks (## ...) are kept
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    kept = next((old[i:] for i, line in enumerate(old) if line.startswith("## ")), [])  # sections measured apart
+    out.write_text("\n".join(lines + ([""] + kept if kept else [])) + "\n")
 
 
 if __name__ == "__main__":

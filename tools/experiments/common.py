@@ -224,7 +224,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_section(md: Path, name: str, body: str, *, order: tuple[str, ...] = ("setup", "schedules", "branching",
-                                                                                  "disf", "prediction", "conclusions")) -> None:
+                                                                                  "disf", "disf-imbalanced", "prediction",
+                                                                                  "conclusions")) -> None:
     """Replace (or insert, in ``order``) the block between ``<!-- BEGIN name -->`` and ``<!-- END name -->``.
 
     Each driver owns one block, so re-running one never clobbers another's results.

@@ -76,9 +76,12 @@ def truncate_utf8(text: str, cap_bytes: int) -> str:
 # --------------------------------------------------------------------------- 1. sample
 
 
-def sample_corpus(corpus: Path, out: Path, *, per_domain: int, heldout: int, target: int, cap_bytes: int,
-                  seed: int) -> dict:
-    """Write pool/<domain>.jsonl, heldout/<domain>.jsonl and target/target.jsonl (disjoint draws)."""
+def sample_corpus(corpus: Path, out: Path, *, per_domain: int | dict[str, int], heldout: int, target: int,
+                  cap_bytes: int, seed: int) -> dict:
+    """Write pool/<domain>.jsonl, heldout/<domain>.jsonl and target/target.jsonl (disjoint draws).
+
+    ``per_domain``: pool documents of every domain, or a {domain: count} map (experiment (c2) gives
+    the corpus's natural shares this way)."""
     record = out / "sample.json"
     settings = {"corpus": str(corpus.resolve()), "per_domain": per_domain, "heldout": heldout, "target": target,
                 "cap_bytes": cap_bytes, "seed": seed}
@@ -97,13 +100,14 @@ def sample_corpus(corpus: Path, out: Path, *, per_domain: int, heldout: int, tar
         with open(path, encoding="utf-8") as f:
             n = sum(1 for _ in f)
         want_target = target if d in TARGET_DOMAINS else 0
-        need = per_domain + heldout + want_target
+        want_pool = per_domain[d] if isinstance(per_domain, dict) else per_domain
+        need = want_pool + heldout + want_target
         if n < need:
-            raise ExperimentError(f"{path}: {n} documents, need {need} (pool {per_domain} + held-out {heldout} + target {want_target})")
+            raise ExperimentError(f"{path}: {n} documents, need {need} (pool {want_pool} + held-out {heldout} + target {want_target})")
         order = np.random.default_rng([seed, DOMAINS.index(d)]).permutation(n)
-        role = {int(i): "pool" for i in order[:per_domain]}
-        role.update({int(i): "heldout" for i in order[per_domain:per_domain + heldout]})
-        role.update({int(i): "target" for i in order[per_domain + heldout:need]})
+        role = {int(i): "pool" for i in order[:want_pool]}
+        role.update({int(i): "heldout" for i in order[want_pool:want_pool + heldout]})
+        role.update({int(i): "target" for i in order[want_pool + heldout:need]})
         rows = {"pool": [], "heldout": [], "target": []}
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):
@@ -177,11 +181,11 @@ def heldout_manifests(work: Path, tokenizer: Path) -> dict[str, Path]:
     return out
 
 
-def select_one(work: Path, name: str, seed: int, *, ratio: float, batch_size: int) -> Path:
+def select_one(work: Path, name: str, seed: int, *, ratio: float, batch_size: int, methods: dict = METHODS) -> Path:
     """Selection + report (MiniLM feature space for every method) into sel/<name>-s<seed>/."""
     from data_select.pipeline import report, select_features
 
-    method, feats = METHODS[name]
+    method, feats = methods[name]
     out = work / "sel" / f"{name}-s{seed}"
     if not (out / "report.json").is_file():
         t0 = time.time()
@@ -196,10 +200,10 @@ def select_one(work: Path, name: str, seed: int, *, ratio: float, batch_size: in
     return out
 
 
-def tokenize_selection(work: Path, sel_dir: Path, tokenizer: Path) -> Path:
+def tokenize_selection(work: Path, sel_dir: Path, tokenizer: Path, val_fraction: float = 0.01) -> Path:
     dest = work / "tokens" / sel_dir.name
     _tokenize(pool_inputs(work), dest, tokenizer=str(tokenizer), selection=str(sel_dir / "selection.jsonl"),
-              val_fraction=0.01)
+              val_fraction=val_fraction)
     return dest / "manifest.json"
 
 
@@ -252,6 +256,36 @@ def eval_one(work: Path, run_dir: Path, heldout: dict[str, Path]) -> dict:
         res[d] = {"loss": r["loss"], "tokens": r["predicted_tokens"]}
     write_json(dest, res)
     return res
+
+
+def run_grid(work: Path, names: list[str], seeds: list[int], *, tokenizer: Path, ratio: float, batch_size: int,
+             max_steps: int, methods: dict = METHODS, val_fraction: float = 0.01) -> tuple[int, dict]:
+    """Steps 4-6 for every (method, seed): select, tokenize, train for one common budget, evaluate.
+
+    Returns (steps per run, {(name, seed): manifest}). The first invocation fixes the budget in
+    ``budget.json``; later ones (more seeds) must be able to feed it."""
+    heldout = heldout_manifests(work, tokenizer)
+    manifests = {}
+    for seed in seeds:
+        for name in names:
+            sel = select_one(work, name, seed, ratio=ratio, batch_size=batch_size, methods=methods)
+            manifests[(name, seed)] = tokenize_selection(work, sel, tokenizer, val_fraction)
+    steps = common_steps(list(manifests.values()), max_steps)
+    budget = work / "budget.json"
+    if budget.is_file():
+        fixed = int(_read_json(budget)["steps"])
+        if steps < fixed:
+            raise ExperimentError(f"{budget}: runs so far used {fixed} steps, but a selection now holds only {steps}")
+        steps = fixed
+    else:
+        write_json(budget, {"steps": steps, "max_steps": max_steps})
+    _log(f"budget: {steps} steps for every run")
+    for seed in seeds:
+        for name in names:
+            run_dir = train_one(work, f"{name}-s{seed}", manifests[(name, seed)], steps, seed)
+            ev = eval_one(work, run_dir, heldout)
+            _log(f"{name} seed {seed}: held-out loss {overall_losses(ev)[0]:.4f}")
+    return steps, manifests
 
 
 # --------------------------------------------------------------------------- 7. tables and plots (pure helpers)
@@ -359,14 +393,14 @@ def verdict(aggs: list[dict], a: str, b: str, key: str = "loss") -> str:
     return f"{a} {key} is {abs(gap):.3f} {word} than {b}: {judged}"
 
 
-def finished(work: Path) -> tuple[list[str], list[int]]:
-    """Methods (in METHODS order) and seeds with a finished held-out evaluation, from any invocation."""
+def finished(work: Path, methods: dict = METHODS) -> tuple[list[str], list[int]]:
+    """Methods (in ``methods`` order) and seeds with a finished held-out evaluation, from any invocation."""
     done = set()
     for f in (work / "evals").glob("*.json"):
         name, _, seed = f.stem.rpartition("-s")
-        if name in METHODS and seed.isdigit():
+        if name in methods and seed.isdigit():
             done.add((name, int(seed)))
-    return [n for n in METHODS if any(d[0] == n for d in done)], sorted({d[1] for d in done})
+    return [n for n in methods if any(d[0] == n for d in done)], sorted({d[1] for d in done})
 
 
 def wall_times(work: Path, names: list[str], seeds: list[int]) -> str:
@@ -463,15 +497,8 @@ def plot_top_spectra(named_eigs: dict[str, np.ndarray], out_png: Path, kmax: int
     os.replace(tmp, out_png)
 
 
-def publish(work: Path, out: Path, results_md: Path, names: list[str], seeds: list[int], info: dict) -> list[dict]:
-    """Raw results, plots and the ``disf`` section of RESULTS.md from what has finished so far."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_rows(work, names, seeds)
-    if not rows:
-        raise ExperimentError(f"no finished evaluation under {work / 'evals'}; nothing to publish")
-    done = {r["method"] for r in rows}
-    names = [n for n in names if n in done]
-    aggs = aggregate(rows)
+def copy_raw(work: Path, out: Path, names: list[str], seeds: list[int]) -> None:
+    """Per finished run: metrics, summary, selection report and record, held-out losses -> out/runs/<label>/."""
     for seed in seeds:
         for name in names:
             label = f"{name}-s{seed}"
@@ -482,6 +509,18 @@ def publish(work: Path, out: Path, results_md: Path, names: list[str], seeds: li
                             work / "sel" / label / "report.json", work / "sel" / label / "select.json",
                             work / "evals" / f"{label}.json"):
                     shutil.copyfile(src, dest / src.name.replace(f"{label}.json", "heldout.json"))
+
+
+def publish(work: Path, out: Path, results_md: Path, names: list[str], seeds: list[int], info: dict) -> list[dict]:
+    """Raw results, plots and the ``disf`` section of RESULTS.md from what has finished so far."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_rows(work, names, seeds)
+    if not rows:
+        raise ExperimentError(f"no finished evaluation under {work / 'evals'}; nothing to publish")
+    done = {r["method"] for r in rows}
+    names = [n for n in names if n in done]
+    aggs = aggregate(rows)
+    copy_raw(work, out, names, seeds)
     write_json(out / "rows.json", rows)
     write_json(out / "summary.json", {"info": info, "methods": aggs})
     plot_domain_losses(aggs, out / "domain_loss.png")
@@ -568,27 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         for enc in ("minilm", "hashing"):
             embed_pool(work, enc, max_tokens=args.max_tokens, threads=args.threads)
         tok = shared_tokenizer(work, args.vocab)
-        heldout = heldout_manifests(work, tok)
-        manifests = {}
-        for seed in args.seeds:
-            for name in args.methods:
-                sel = select_one(work, name, seed, ratio=args.ratio, batch_size=args.batch_size)
-                manifests[(name, seed)] = tokenize_selection(work, sel, tok)
-        steps = common_steps(list(manifests.values()), args.max_steps)
-        budget = work / "budget.json"  # the first invocation fixes the budget; later ones (more seeds) must match it
-        if budget.is_file():
-            fixed = int(_read_json(budget)["steps"])
-            if steps < fixed:
-                raise ExperimentError(f"{budget}: runs so far used {fixed} steps, but a selection now holds only {steps}")
-            steps = fixed
-        else:
-            write_json(budget, {"steps": steps, "max_steps": args.max_steps})
-        _log(f"budget: {steps} steps for every run")
-        for seed in args.seeds:
-            for name in args.methods:
-                run_dir = train_one(work, f"{name}-s{seed}", manifests[(name, seed)], steps, seed)
-                ev = eval_one(work, run_dir, heldout)
-                _log(f"{name} seed {seed}: held-out loss {overall_losses(ev)[0]:.4f}")
+        steps, manifests = run_grid(work, args.methods, args.seeds, tokenizer=tok, ratio=args.ratio,
+                                    batch_size=args.batch_size, max_steps=args.max_steps)
         cfg = _train_config(work / "runs" / "probe", next(iter(manifests.values())), steps, 0)
         n_params = _read_json(work / "runs" / f"{args.methods[0]}-s{args.seeds[0]}" / "summary.json")["n_params"]
         info = {"pool_docs": sum(v["pool"] for v in s["domains"].values()), "per_domain": args.per_domain,
