@@ -4,7 +4,8 @@ token measured with the run's tokenizer, every method, DiSF's per-batch quotas, 
 The corpus is built so that every number is known by hand: a word-level tokenizer (one token per
 word), domain "short" of 40 four-letter words per document (199 bytes: 4.975 bytes per token) and
 domain "long" of 200 nine-letter words (1,999 bytes: 9.995 bytes per token). A document then
-costs exactly 41 or 201 tokens with its EOS, estimated and actual.
+costs exactly 41 or 201 tokens with its EOS, estimated and actual. Also: tokenizing a selection
+reads only the selected records (issue 9, point 3).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_bytes_per_token_is_measured_per_domain_with_the_given_tokenizer(setup):
     np.testing.assert_allclose(budget.estimated_tokens(table, est), _tokens(table, np.arange(900)))
 
 
-@pytest.mark.parametrize("method", ["random", "dsir", "dedup", "disf", "dedup+disf"])
+@pytest.mark.parametrize("method", ["random", "dsir", "dedup", "dedup+random", "disf", "dedup+disf"])
 def test_every_method_selects_by_token_budget(setup, method):
     budget_tokens = 20_000
     kw = dict(target="short") if method == "dsir" else {}
@@ -74,7 +75,7 @@ def test_every_method_selects_by_token_budget(setup, method):
     got = _tokens(table, picked)
     assert rec["tokens"]["estimated_selected"] == pytest.approx(got.sum())
     assert rec["tokens"]["estimated_pool"] == pytest.approx(600 * SHORT + 300 * LONG)
-    if method in ("random", "dsir", "dedup"):  # documents in the method's order until the budget is covered
+    if method in ("random", "dsir", "dedup", "dedup+random"):  # documents in the method's order until the budget is covered
         assert budget_tokens <= got.sum() < budget_tokens + LONG
         return
     # DiSF: each batch's quota is its share of the budget by its tokens; picks stop once it is met
@@ -147,3 +148,24 @@ def test_tokenize_refuses_a_selection_of_other_inputs(setup, tmp_path):
     other.write_text('{"text": "a b c"}\n')
     with pytest.raises(DataSelectError, match=r"made with inputs=\[.*corpus\.jsonl.*\], this run has inputs=\[.*other\.jsonl"):
         tokenize_corpus([other], tmp_path / "tok", selection=tmp_path / "sel", tokenizer=setup / "tok", progress=False)
+
+
+def test_tokenizing_a_selection_reads_only_its_records_once_and_never_scans(setup, tmp_path, monkeypatch):
+    from data_select import table as T
+    from data_select.tokenize import tokenize_corpus
+
+    select_features(setup / "f", tmp_path / "sel", method="random", ratio=0.05, batch_size=128, progress=False)
+    picked = np.sort(np.load(tmp_path / "sel" / "selection.npy"))
+    lines = (setup / "corpus.jsonl").read_bytes().splitlines(keepends=True)
+    offsets = np.cumsum([0] + [len(line) for line in lines[:-1]])  # where each record starts, by hand
+    read, real = [], T.read_texts_at
+
+    def spy(path, kind, locations, text_field="text"):
+        return real(path, kind, (read.append(loc[:2]) or loc for loc in locations), text_field)
+
+    monkeypatch.setattr(T, "read_texts_at", spy)
+    monkeypatch.setattr(T, "iter_documents", lambda *a, **k: pytest.fail("tokenize --selection scanned the inputs"))
+    m = tokenize_corpus([setup / "corpus.jsonl"], tmp_path / "tok", selection=tmp_path / "sel", tokenizer=setup / "tok",
+                        progress=False)
+    assert read == [(int(offsets[r]), len(lines[r].rstrip(b"\n"))) for r in picked]
+    assert m["sources"]["documents"] == len(picked) > 0

@@ -66,21 +66,45 @@ def test_torchrun_two_ranks_equal_one_process(one_process):
     _assert_same(tmp / "one", tmp / "tr")
 
 
-def test_shard_tasks_and_merges_equal_one_process(one_process, capsys):
+def test_shard_tasks_and_merges_equal_one_process(one_process, capsys, monkeypatch):
+    from data_select import sources
+
     tmp = one_process
     cfg = str(_config(tmp, "arr", tmp / "corpus"))
     assert main(["run", cfg, "--step", "embed", "--shard", "0/2"]) == 2
     assert "needs the document table" in capsys.readouterr().err
     parts = {"index": tmp / "arr" / "features", "embed": tmp / "arr" / "features", "select": tmp / "arr",
              "tokenize": tmp / "arr" / "tokens"}
+    from data_select import tokenize as tkz
+
+    opened, now, real = {}, [], sources.open_decoded  # input files opened by each task
+    monkeypatch.setattr(sources, "open_decoded", lambda path: opened.setdefault(now[0], set()).add(path) or real(path))
+    install = tkz._install_tokenizer
+
+    def train_once(*a, **k):  # the first task to need the tokenizer trains it on a bounded sample of every file
+        task, now[0] = now[0], ("tokenizer", "sample")
+        try:
+            return install(*a, **k)
+        finally:
+            now[0] = task
+
+    monkeypatch.setattr(tkz, "_install_tokenizer", train_once)
     for step in ("index", "embed", "select", "tokenize"):
         for i in (1, 0):
+            now[:] = [(step, i)]
             assert main(["run", cfg, "--step", step, "--shard", f"{i}/2"]) == 0, step
+        if step != "select":  # whole input files per part: no task opens a file of the other
+            assert opened[(step, 0)] and opened[(step, 1)] and not opened[(step, 0)] & opened[(step, 1)], step
+        now[:] = [(step, "again")]
         done = parts[step] / "parts" / f"{step}-00001-of-00002" / "DONE.json"
-        before = done.read_bytes()
+        before = (done.stat().st_ino, done.stat().st_mtime_ns)  # a rewrite (temp file + rename) changes both
         assert main(["run", cfg, "--step", step, "--shard", "1/2"]) == 0, step  # a re-run skips a finished part
-        assert done.read_bytes() == before, step
+        assert (done.stat().st_ino, done.stat().st_mtime_ns) == before, step
+        now[:] = [(step, "merge")]
         assert main(["run", cfg, "--step", step, "--merge"]) == 0, step
+    assert not any(opened.get((step, when)) for step in parts for when in ("again", "merge")), \
+        "re-runs of finished parts and merges read no input"
+    assert opened[("tokenizer", "sample")]
     assert main(["run", cfg, "--step", "report"]) == 0
     out = capsys.readouterr().out
     assert "duplicate_content': 1" in out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,21 @@ def test_exact_copies_are_dropped_at_embed_and_near_copies_are_their_own_bucket(
     again = select_features(tmp_path / "f", tmp_path / "dr2", method="dedup+random", ratio=0.5, batch_size=20, seed=3,
                             progress=False)
     assert again["selection_sha256"] == rec["selection_sha256"]
+
+
+def test_dedup_ivf_lists_and_probes_come_from_the_cli_and_the_yaml(pipeline_run, tmp_path, monkeypatch):
+    from data_select import baselines
+
+    tmp, _, cfg, _ = pipeline_run
+    seen, real = [], baselines.dedup
+    monkeypatch.setattr(baselines, "dedup", lambda *a, **k: seen.append((k.get("nlist"), k.get("nprobe"))) or real(*a, **k))
+    assert main(["select", "--features", str(Path(cfg.out_dir) / "features"), "--out", str(tmp_path / "s"),
+                 "--method", "dedup+random", "--nlist", "6", "--nprobe", "3", "--no-progress"]) == 0
+    assert seen == [(6, 3)]
+    path = write_config(tmp_path, tmp / "corpus", select={"method": "dedup", "nlist": 5, "nprobe": 2})
+    assert main(["run", str(path), "tokenize.enabled=false"]) == 0
+    assert seen == [(6, 3), (5, 2)]
+    assert json.loads((tmp_path / "out" / "select.json").read_text())["params"]["nlist"] == 5
 
 
 def test_dsir_towards_a_domain(pipeline_run, tmp_path):
