@@ -166,7 +166,7 @@ def test_slurm_array_chain_runs_the_steps_in_order(one_process, tmp_path, monkey
     _assert_same(tmp / "one", tmp / "slurm")
 
 
-@pytest.mark.parametrize("method", ["dedup", "random", "disf", "dedup+disf"])
+@pytest.mark.parametrize("method", ["dedup", "random", "disf", "dedup+disf", "dedup+random"])
 def test_ranks_meet_at_the_same_barriers(one_process, tmp_path, monkeypatch, method):
     """Two ranks as two threads joined by a real barrier (a rank that skipped or added a barrier
     breaks it): methods split into parts and methods rank 0 runs alone both end with the same
