@@ -55,6 +55,13 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_inputs(inputs: list[str], step: str) -> None:
+    """A step that reads inputs (not its --merge) needs some, and says so before starting on a partial corpus."""
+    if not inputs:
+        raise UsageError(f"{step}: give at least one INPUT (or --merge)")
+    _warn_if_partial(inputs)
+
+
 def _warn_if_partial(inputs: list[str]) -> None:
     """A step reading a partial corpus says so before it starts."""
     from data_select.corpus import partial_corpus_notes
@@ -116,9 +123,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     if args.merge:
         m = merge_tokens(args.out, progress=not args.no_progress)
     else:
-        if not args.inputs:
-            raise UsageError("tokenize: give at least one INPUT (or --merge)")
-        _warn_if_partial(args.inputs)
+        _require_inputs(args.inputs, "tokenize")
         m = tokenize_corpus(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                             val_fraction=args.val_fraction, seed=args.seed, selection=args.selection,
                             text_field=args.text_field, domain_field=args.domain_field or None, id_field=args.id_field,
@@ -242,9 +247,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.merge:
         merge_index(args.out, progress=not args.no_progress)
     else:
-        if not args.inputs:
-            raise UsageError("index: give at least one INPUT (or --merge)")
-        _warn_if_partial(args.inputs)
+        _require_inputs(args.inputs, "index")
         done = index_corpus(args.inputs, args.out, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, shard=args.shard,
                             progress=not args.no_progress)
@@ -264,9 +267,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.merge:
         done = merge_features(args.out, progress=not args.no_progress)
     else:
-        if not args.inputs:
-            raise UsageError("embed: give at least one INPUT (or --merge)")
-        _warn_if_partial(args.inputs)
+        _require_inputs(args.inputs, "embed")
         done = embed_corpus(args.inputs, args.out, encoder=args.encoder, dim=args.dim, batch_size=args.batch_size,
                             max_tokens=args.max_tokens, text_field=args.text_field, domain_field=args.domain_field or None,
                             id_field=args.id_field, domain_from_dir=args.domain_from_dir, workers=args.workers,
