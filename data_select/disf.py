@@ -155,17 +155,23 @@ def naive_greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, ti
 
 class _Workspace:
     """Buffers reused across picks: fresh (rows × dims) temporaries every pick cost more in
-    page faults than in arithmetic."""
+    page faults than in arithmetic. The pair buffers grow (doubling) when a token quota makes
+    the number of picks unknown in advance."""
 
     def __init__(self, rows: int, dims: int, k: int):
-        pairs = max(1, k * (k - 1) // 2)
         self.delta = np.empty((rows, dims))
         self.w = np.empty((rows, dims))
         self.wd = np.empty((rows, dims))
-        self.pair_flat = np.empty(rows * pairs)
-        self.tmp_flat = np.empty(rows * pairs)
+        self.pair_flat = self.tmp_flat = np.empty(0)
+        self._grow(rows * max(1, k * (k - 1) // 2))
+
+    def _grow(self, size: int) -> None:
+        self.pair_flat = np.empty(size)
+        self.tmp_flat = np.empty(size)
 
     def pairs(self, rows: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if rows * count > self.pair_flat.size:
+            self._grow(max(rows * count, 2 * self.pair_flat.size))
         return (self.pair_flat[: rows * count].reshape(rows, count),
                 self.tmp_flat[: rows * count].reshape(rows, count))
 
@@ -224,18 +230,26 @@ def _candidate_scores(x: np.ndarray, picked: list[int], ws: _Workspace | None = 
     return sumsq / float(m * m) - nonconst
 
 
-def greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, tie_seed: int = 0) -> list[int]:
+def _quota_left(picked: list[int], costs: np.ndarray | None, quota: float | None) -> bool:
+    """Whether a token quota still asks for another pick (always, without a quota)."""
+    return quota is None or float(np.sum(costs[picked])) < quota
+
+
+def greedy(features: np.ndarray, k: int, init: Sequence[int] = (0,), *, tie_seed: int = 0,
+           costs: np.ndarray | None = None, quota: float | None = None) -> list[int]:
     """Exact fast DiSF greedy: the same picks as :func:`naive_greedy`, in pick order.
 
-    Memory: three (rows × dims) float64 buffers plus (rows × k²/2) for the Gram entries.
+    With ``costs`` (estimated tokens per row) and ``quota``, picking stops as soon as the picks'
+    costs reach the quota (or after k picks). Memory: three (rows × dims) float64 buffers plus
+    (rows × picks²/2) for the Gram entries.
     """
     x, picked = _check(features, k, init)
     rank = _priority(x.shape[0], tie_seed)
     available = np.ones(x.shape[0], dtype=bool)
     available[picked] = False
-    ws = _Workspace(*x.shape, k)
+    ws = _Workspace(*x.shape, k if quota is None else min(k, 16))
     with np.errstate(divide="ignore", invalid="ignore"):  # rows already picked are masked below
-        while len(picked) < k:
+        while len(picked) < k and _quota_left(picked, costs, quota):
             cand = np.flatnonzero(available)
             scores = _candidate_scores(x, picked, ws)[cand]
             c = _argmin_tied(scores, cand, rank, x.shape[1])
@@ -271,12 +285,14 @@ def released_scores(x: np.ndarray, picked: list[int]) -> np.ndarray:
     return out
 
 
-def released_greedy(features: np.ndarray, k: int, first: int) -> list[int]:
+def released_greedy(features: np.ndarray, k: int, first: int, *, costs: np.ndarray | None = None,
+                    quota: float | None = None) -> list[int]:
     """The released greedy in one batch: start at ``first``; each pick is the first candidate (in
-    index order) with the lowest float32 score, which must be below 10000."""
+    index order) with the lowest float32 score, which must be below 10000 (a token ``quota``
+    stops it as in :func:`greedy`)."""
     x = np.asarray(features, dtype=np.float32)
     _, picked = _check(x, k, (first,))
-    for _ in range(k - 1):
+    while len(picked) < k and _quota_left(picked, costs, quota):
         scores = released_scores(x, picked)
         scores[picked] = np.inf
         c = int(np.argmin(scores))  # the first minimum: a strict '<' scan in index order
@@ -310,6 +326,13 @@ def batch_plan(n: int, batch_size: int, seed: int, *, variant: str = "exact", pr
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def batch_lengths(n: int, batch_size: int, *, variant: str = "exact", processes: int = 1) -> list[int]:
+    """Lengths of the batches :func:`batch_plan` cuts a pool of n into (without drawing it)."""
+    if variant == "released":
+        return [batch_size] * (processes * ((n // processes) // batch_size))
+    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+
 def batch_k(batch_len: int, *, batch_size: int, k_per_batch: int | None = None, ratio: float | None = None) -> int:
     """Files to pick from a batch of ``batch_len``: a partial batch gets its proportional share, ≥ 1."""
     if (k_per_batch is None) == (ratio is None):
@@ -328,14 +351,15 @@ def batch_k(batch_len: int, *, batch_size: int, k_per_batch: int | None = None, 
 
 
 def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: int, batch_id: int,
-                 variant: str = "exact") -> np.ndarray:
-    """Greedy DiSF inside one batch; returns pool indices in pick order.
+                 variant: str = "exact", costs: np.ndarray | None = None, quota: float | None = None) -> np.ndarray:
+    """Greedy DiSF inside one batch; returns pool indices in pick order. With ``costs`` (of the
+    batch's rows) and ``quota``, up to k picks until their costs reach the quota.
 
     The random start and the tie order depend only on (seed, batch_id), never on which worker
     or rank runs the batch.
     """
     pool_idx = np.asarray(pool_idx)
-    if k == 0 or len(pool_idx) == 0:
+    if k == 0 or len(pool_idx) == 0 or quota is not None and quota <= 0:
         return pool_idx[:0]
     rng = np.random.default_rng([seed, batch_id])
     start = int(rng.integers(len(pool_idx)))
@@ -344,9 +368,34 @@ def select_batch(features: np.ndarray, pool_idx: np.ndarray, k: int, *, seed: in
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise DisfError(f"features hold NaN/inf at row {int(pool_idx[np.argmax(bad)])} (batch {batch_id})")
+    quota_kw = dict(costs=None if costs is None else np.asarray(costs, dtype=np.float64), quota=quota)
     if variant == "released":
-        return pool_idx[released_greedy(x, k, start)]
-    return pool_idx[greedy(x, k, (start,), tie_seed=tie_seed)]
+        return pool_idx[released_greedy(x, k, start, **quota_kw)]
+    return pool_idx[greedy(x, k, (start,), tie_seed=tie_seed, **quota_kw)]
+
+
+def batch_jobs(plan: Sequence[np.ndarray], *, k_per_batch: int | None = None, ratio: float | None = None,
+               batch_size: int = 1024, costs: np.ndarray | None = None,
+               budget: float | None = None) -> list[tuple[int, float | None]]:
+    """(k, quota) for every batch of ``plan``.
+
+    By count: k from :func:`batch_k`, no quota. By tokens (``costs``: estimated tokens of every
+    row, ``budget``): each batch's quota is its share of the budget in proportion to its own
+    estimated tokens, budget · T_b / Σ T, and its greedy picks until its picks' tokens reach the
+    quota (k = the batch's length is only the bound). Proportional quotas keep batches
+    independent (any worker, rank or task can run any batch) and give every batch the same
+    token ratio, as a fixed k gives every batch the same file ratio; the total reaches the
+    budget and exceeds it by less than one document per batch.
+    """
+    if budget is None:
+        return [(batch_k(len(b), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio), None) for b in plan]
+    if costs is None:
+        raise DisfError("a token budget needs the estimated tokens of every row (costs)")
+    totals = np.array([float(np.sum(costs[b])) for b in plan])
+    whole = totals.sum()
+    if budget <= 0 or whole <= 0:
+        raise DisfError(f"token budget must be positive and below the pool's {whole:.0f} estimated tokens")
+    return [(len(b), float(budget * t / whole)) for b, t in zip(plan, totals)]
 
 
 def select_batches(
@@ -359,14 +408,17 @@ def select_batches(
     batch_size: int = 1024,
     seed: int = 0,
     variant: str = "exact",
+    costs: np.ndarray | None = None,
+    budget: float | None = None,
     progress: bool = False,
 ) -> dict[int, np.ndarray]:
     """Run the batches ``batch_ids`` of ``plan`` (e.g. ``range(rank, len(plan), world)``)."""
-    ids = list(batch_ids)
+    jobs = batch_jobs(plan, k_per_batch=k_per_batch, ratio=ratio, batch_size=batch_size, costs=costs, budget=budget)
     out = {}
-    for b in tqdm(ids, desc="DiSF batches", disable=not progress):
-        k = batch_k(len(plan[b]), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio)
-        out[b] = select_batch(features, plan[b], k, seed=seed, batch_id=b, variant=variant)
+    for b in tqdm(list(batch_ids), desc="DiSF batches", disable=not progress):
+        k, quota = jobs[b]
+        out[b] = select_batch(features, plan[b], k, seed=seed, batch_id=b, variant=variant,
+                              costs=None if costs is None else costs[plan[b]], quota=quota)
     return out
 
 
@@ -396,8 +448,20 @@ def _init_worker(features: np.ndarray) -> None:
 
 
 def _worker_batch(job: tuple) -> tuple[int, np.ndarray]:
-    b, pool_idx, k, seed, variant = job
-    return b, select_batch(_WORKER_FEATURES, pool_idx, k, seed=seed, batch_id=b, variant=variant)
+    b, pool_idx, k, seed, variant, costs, quota = job
+    return b, select_batch(_WORKER_FEATURES, pool_idx, k, seed=seed, batch_id=b, variant=variant, costs=costs,
+                           quota=quota)
+
+
+def plan_for(n: int, *, batch_size: int = 1024, seed: int = 0, variant: str = "exact",
+             processes: int = 1) -> list[np.ndarray]:
+    """:func:`batch_plan`, refusing a released layout that holds no full batch."""
+    plan = batch_plan(n, batch_size, seed, variant=variant, processes=processes)
+    if not plan:
+        raise DisfError(f"released DiSF reads only full batches of {batch_size} inside {processes} range(s) of "
+                        f"floor({n} / {processes}) = {n // processes} files: this pool has none; lower batch_size "
+                        "or processes, or use the exact variant")
+    return plan
 
 
 def select(
@@ -410,33 +474,35 @@ def select(
     variant: str = "exact",
     processes: int = 1,
     workers: int = 1,
+    costs: np.ndarray | None = None,
+    budget: float | None = None,
+    batches: range | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """DiSF selection over a whole pool: indices into ``features``, by batch then pick order.
 
     ``exact``: unlike the released code, the last partial batch is not dropped: it gets its
     proportional share (see :func:`batch_k`). ``released``: the released script's layout over
-    ``processes`` ranges and its scoring (module docstring). The result does not depend on
-    ``workers``.
+    ``processes`` ranges and its scoring (module docstring). ``costs`` + ``budget``: a token
+    budget instead of a count (:func:`batch_jobs`). ``batches``: run only those batches of the
+    plan (one part of a sharded selection; the parts' results concatenate in batch order to the
+    whole). The result does not depend on ``workers``.
     """
     if getattr(features, "ndim", None) != 2:
         raise DisfError(f"features must be a 2-D (files, dims) array, got shape {getattr(features, 'shape', None)}")
     n = features.shape[0]
-    plan = batch_plan(n, batch_size, seed, variant=variant, processes=processes)
-    if not plan:
-        raise DisfError(f"released DiSF reads only full batches of {batch_size} inside {processes} range(s) of "
-                        f"floor({n} / {processes}) = {n // processes} files: this pool has none; lower batch_size "
-                        "or processes, or use the exact variant")
-    ks = [batch_k(len(p), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for p in plan]
-    if workers <= 1 or len(plan) <= 1:
-        res = select_batches(features, plan, range(len(plan)), k_per_batch=k_per_batch, ratio=ratio,
-                             batch_size=batch_size, seed=seed, variant=variant, progress=progress)
+    plan = plan_for(n, batch_size=batch_size, seed=seed, variant=variant, processes=processes)
+    ids = range(len(plan)) if batches is None else batches
+    jobs = batch_jobs(plan, k_per_batch=k_per_batch, ratio=ratio, batch_size=batch_size, costs=costs, budget=budget)
+    if workers <= 1 or len(ids) <= 1:
+        res = select_batches(features, plan, ids, k_per_batch=k_per_batch, ratio=ratio, batch_size=batch_size,
+                             seed=seed, variant=variant, costs=costs, budget=budget, progress=progress)
         return merge_batches([res])
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    jobs = [(b, plan[b], ks[b], seed, variant) for b in range(len(plan))]
+    work = [(b, plan[b], jobs[b][0], seed, variant, None if costs is None else costs[plan[b]], jobs[b][1]) for b in ids]
     res = {}
     with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(features,)) as pool:
-        it = pool.imap_unordered(_worker_batch, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
-        for b, picked in tqdm(it, total=len(jobs), desc="DiSF batches", disable=not progress):
+        it = pool.imap_unordered(_worker_batch, work, chunksize=max(1, len(work) // (workers * 16)))
+        for b, picked in tqdm(it, total=len(work), desc="DiSF batches", disable=not progress):
             res[b] = picked
     return merge_batches([res])

@@ -1,4 +1,4 @@
-"""Proxy-encoder features for DiSF: one float32 row per document, resumable and shardable.
+"""Proxy-encoder features for DiSF: one float32 row per row of the document table.
 
 DiSF (Fan et al., ICLR 2025) scores files by the correlation of proxy-encoder features: masked
 mean pooling over the first tokens of each file, no L2 normalisation. :class:`HFEncoder` does
@@ -6,42 +6,50 @@ exactly that with any local Hugging Face encoder directory (``minilm`` is the pi
 all-MiniLM-L6-v2, 384-d, 256 tokens; a Contriever/BERT copy gives the paper's 768-d, 512 tokens).
 :class:`HashingEncoder` needs no model: hashed word 1-2-grams projected to ``dim`` dimensions.
 
-On disk (a *features directory*)::
+On disk (a *features directory*, docs/FORMATS.md)::
 
-    features.f32   raw float32, C order, shape (n, dim): np.memmap(path, "float32", "r", shape=(n, dim))
-    ids.jsonl      one line per row: {"id", "source", "domain", "n_chars"}
-    features.json  meta: n, dim, encoder, max_tokens, status, rows_done, ids_sha256, rejected, ...
+    features.json  written once: format, encoder, dim, max_tokens, the inputs and reader settings
+    progress.json  rows embedded so far (the only file rewritten at each commit)
+    features.f32   raw float32, C order, shape (n, dim); row i is row i of the table
+    table/         the document table (data_select.table): ids, locations, sizes, domains, keys
+    DONE.json      written last: n, dim, the table's fingerprint, the features' sha256
 
-Rows are appended window by window; after each window the feature and id files are flushed and
-fsynced and only then ``features.json`` (written atomically) advances ``rows_done``. A crash
-leaves at most one uncommitted window, which a re-run truncates and redoes. :func:`load_features`
-refuses anything that is not a complete, self-consistent directory.
-
-Sharding (torchrun): rank r embeds the documents i with i % world == r into ``rank-NNNNN/``;
-:func:`merge_shards` interleaves the shards back into document order.
+One process reads the inputs once: the reader drops repeated ids and texts before anything is
+embedded, the table and the features grow together, and a commit (at most every
+``commit_seconds``) fsyncs both before progress.json advances; a re-run resumes after the last
+commit. When the table already exists (``data-select index``), embed reads the documents again
+at the table's locations instead. Split over N parts (torchrun ranks or ``--shard I/N`` tasks,
+:mod:`data_select.parts`), every part embeds the table rows of its own input files and the
+merge concatenates the parts: the same bytes as one process (exactly so for the hashing
+encoder; a neural encoder's floats can differ in the last bits with its batches' padding).
 """
 from __future__ import annotations
 
-import datetime
+import hashlib
 import json
 import os
 import re
+import shutil
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_select.errors import DataSelectError
-from data_select.io import atomic_write_json, sha256_file
-from data_select.sources import Rejections, input_fingerprint, iter_documents
+from data_select import parts as P
+from data_select import table as T
+from data_select.errors import DataSelectError, UsageError
+from data_select.io import atomic_write_json, read_json
+from data_select.sources import Rejections
 
-FORMAT = "budgetlm-features/1"
+FORMAT = "budgetlm-features/2"
 META = "features.json"
 FEATURES = "features.f32"
-IDS = "ids.jsonl"
+PROGRESS = "progress.json"
 HASHING_MAX_TOKENS = 512
 CHARS_PER_TOKEN_CLIP = 32  # text is clipped before tokenising; re-tokenised in full if that was too short
 
@@ -202,12 +210,89 @@ def get_encoder(spec: str, *, max_tokens: int | None = None, dim: int = 384, dev
     raise EmbedError(f"unknown encoder {spec!r}: use 'minilm', 'hashing' or a local model directory")
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- reading
 
 
+class FeatureMatrix:
+    """The rows of ``features.f32``, read with ``pread`` as they are asked for: ``m[i]``,
+    ``m[a:b]``, ``m[index_array]`` (any order, repeats allowed). Nothing is memory-mapped, so a
+    step's resident memory holds only the rows it is working on; pickles without its file handle."""
+
+    def __init__(self, path: str | os.PathLike, n: int, dim: int):
+        self.path = str(path)
+        self.shape = (int(n), int(dim))
+        self.ndim = 2
+        self.dtype = np.dtype(np.float32)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        d = self.shape[1]
+        want = (hi - lo) * d * 4
+        buf = os.pread(self._fd, want, lo * d * 4)
+        if len(buf) != want:
+            raise EmbedError(f"{self.path}: rows {lo}..{hi} lie past the end of the file (truncated?)")
+        return np.frombuffer(buf, dtype=np.float32).reshape(hi - lo, d)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        n = self.shape[0]
+        if isinstance(idx, slice):
+            lo, hi, step = idx.indices(n)
+            block = self._read(lo, max(lo, hi)).copy() if step == 1 else self[np.arange(lo, hi, step)]
+            return block
+        if np.isscalar(idx):
+            i = int(idx) + (n if int(idx) < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {idx} out of range for {n} rows")
+            return self._read(i, i + 1)[0].copy()
+        rows = np.asarray(idx, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"rows must lie in [0, {n})")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        out = np.empty((len(uniq), self.shape[1]), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for a, b in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(uniq)]]).tolist()):
+            if b > a:
+                out[a:b] = self._read(int(uniq[a]), int(uniq[b - 1]) + 1)
+        return out[inverse.reshape(rows.shape)]
+
+
+@dataclass
+class Features:
+    """A complete features directory: the matrix (read on demand), its table and its records."""
+
+    root: Path
+    meta: dict
+    done: dict
+    table: T.Table
+    matrix: FeatureMatrix
+
+    @property
+    def n(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.done["fingerprint"]
 
 
 def read_meta(out_dir: str | os.PathLike) -> dict | None:
+    """features.json of ``out_dir`` (None when there is none); an older format is refused."""
     path = Path(out_dir) / META
     if not path.is_file():
         return None
@@ -216,55 +301,249 @@ def read_meta(out_dir: str | os.PathLike) -> dict | None:
     except json.JSONDecodeError as e:
         raise EmbedError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if isinstance(found, str) and found.startswith("budgetlm-features/"):
+            raise EmbedError(f"{path}: features in the older format {found!r} (no document table); re-run "
+                             "`data-select embed ... --overwrite` to rebuild them")
         raise EmbedError(f"{path}: not a features meta file (format {FORMAT!r} expected)")
     return meta
 
 
-def load_features(out_dir: str | os.PathLike, *, with_ids: bool = True) -> tuple[np.ndarray, list[dict], dict]:
-    """(features memmap (n, dim), ids rows, meta) of a complete features directory.
-
-    Refuses a partial run, a features file whose size is not n·dim·4, and an ids file whose line
-    count or sha256 differs from the meta: a mismatched row would silently mislabel a document.
-    """
+def load_features(out_dir: str | os.PathLike) -> Features:
+    """A complete features directory; refuses a partial one, a features file whose size is not
+    n·dim·4, and a table other than the one the features were made from."""
     out_dir = Path(out_dir)
     meta = read_meta(out_dir)
     if meta is None:
         raise EmbedError(f"{out_dir}: no {META} (run `data-select embed` first)")
-    if meta.get("status") != "complete":
-        raise EmbedError(f"{out_dir}: features are {meta.get('status')!r} ({meta.get('rows_done')} rows done); "
-                         f"re-run `data-select embed` to finish them" + (" and merge the shards" if meta.get("world_size", 1) > 1 else ""))
-    n, dim = int(meta["n"]), int(meta["dim"])
-    fpath, ipath = out_dir / FEATURES, out_dir / IDS
-    for p in (fpath, ipath):
-        if not p.is_file():
-            raise EmbedError(f"{p}: missing from a features directory marked complete")
-    if fpath.stat().st_size != n * dim * 4:
-        raise EmbedError(f"{fpath}: {fpath.stat().st_size} bytes, expected n*dim*4 = {n * dim * 4} ({n} rows x {dim})")
-    if sha256_file(ipath) != meta.get("ids_sha256"):
-        raise EmbedError(f"{ipath}: checksum differs from {META} (ids file changed since the features were written)")
-    ids: list[dict] = []
-    if with_ids:
-        with open(ipath) as f:
-            ids = [json.loads(line) for line in f]
-    if with_ids and len(ids) != n:
-        raise EmbedError(f"{ipath}: {len(ids)} rows, expected {n}")
-    feats = np.memmap(fpath, dtype=np.float32, mode="r", shape=(n, dim)) if n else np.zeros((0, dim), np.float32)
-    return feats, ids, meta
+    done = P.read_done(out_dir)
+    if done is None:
+        progress = _read_json(out_dir / PROGRESS) or {}
+        parts = sorted(p.name for p in (out_dir / P.PARTS).glob("embed-*")) if (out_dir / P.PARTS).is_dir() else []
+        raise EmbedError(f"{out_dir}: features are unfinished ({progress.get('rows', 0)} rows done); re-run "
+                         "`data-select embed` to finish them" + (f" and merge the parts ({len(parts)} found)" if parts else ""))
+    table = T.Table(T.table_dir(out_dir))
+    if table.fingerprint != done["table"]:
+        raise EmbedError(f"{out_dir}: the table changed since the features were written "
+                         f"(fingerprint {table.fingerprint[:12]} vs {done['table'][:12]}); re-run embed with --overwrite")
+    n, dim = int(done["n"]), int(done["dim"])
+    fpath = out_dir / FEATURES
+    if not fpath.is_file() or fpath.stat().st_size != n * dim * 4:
+        size = fpath.stat().st_size if fpath.is_file() else "missing"
+        raise EmbedError(f"{fpath}: {size} bytes, expected n*dim*4 = {n * dim * 4} ({n} rows x {dim})")
+    if n != table.n:
+        raise EmbedError(f"{out_dir}: {n} feature rows for a table of {table.n} rows")
+    return Features(out_dir, meta, done, table, FeatureMatrix(fpath, n, dim))
+
+
+def _read_json(path: Path) -> dict | None:
+    return read_json(path, EmbedError)
 
 
 # --------------------------------------------------------------------------- embedding
 
 
-def _env_rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def _windows(docs: Iterator, size: int) -> Iterator[list]:
-    while True:
-        chunk = list(islice(docs, size))
-        if not chunk:
-            return
+    while chunk := list(islice(docs, size)):
         yield chunk
+
+
+class _FeatureWriter:
+    """Appends feature rows to a file, keeping its sha256; reopening truncates to ``rows``."""
+
+    def __init__(self, path: Path, dim: int, rows: int):
+        self.path, self.dim, self.rows = path, dim, rows
+        with open(path, "ab") as f:
+            f.truncate(rows * dim * 4)
+        self.sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                self.sha.update(chunk)
+        self.f = open(path, "ab")
+
+    def write(self, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=np.float32).tobytes()
+        self.f.write(data)
+        self.sha.update(data)
+        self.rows += len(block)
+
+    def sync(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _encode(enc, texts: list[str], ids: Callable[[int], str], batch_size: int, bar) -> np.ndarray:
+    """Features of a window of texts, longest first so each batch pads to similar lengths."""
+    out = np.empty((len(texts), enc.dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda j: -len(texts[j]))
+    for lo in range(0, len(order), batch_size):
+        sel = order[lo:lo + batch_size]
+        out[sel] = enc.encode([texts[j] for j in sel])
+        bar.update(len(sel))
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise EmbedError(f"encoder {enc.name} produced NaN/inf for document {ids(int(np.argmax(bad)))!r}")
+    return out
+
+
+class _Committer:
+    """Commits at most every ``seconds`` (and at the end); calls ``on_commit(rows)`` after each."""
+
+    def __init__(self, seconds: float, on_commit: Callable[[int], None] | None):
+        self.seconds, self.on_commit, self.last = seconds, on_commit, time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.seconds
+
+    def done(self, rows: int) -> None:
+        self.last = time.monotonic()
+        if self.on_commit is not None:
+            self.on_commit(rows)
+
+
+def _features_done(root: Path, fw: _FeatureWriter, table_done: dict, settings: dict, extra: dict | None = None) -> dict:
+    sha = fw.sha.hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([table_done["fingerprint"], sha, settings], sort_keys=True).encode()).hexdigest()
+    done = {"format": FORMAT, "n": fw.rows, "dim": fw.dim, "table": table_done["fingerprint"],
+            "features_sha256": sha, "fingerprint": fingerprint, **(extra or {})}
+    atomic_write_json(root / P.DONE, done)
+    return done
+
+
+def _embed_fused(enc, root: Path, settings: dict, tset: dict, *, batch_size: int, window: int, committer: _Committer,
+                 progress: bool) -> dict:
+    """One read of the inputs: the reader drops repeats, the table and the features grow together."""
+    writer = T.open_writer(T.table_dir(root), tset)
+    done_features = int((_read_json(root / PROGRESS) or {}).get("rows", 0))
+    skip_table, skip_features = writer.rows, min(done_features, writer.rows)
+    fw = _FeatureWriter(root / FEATURES, enc.dim, skip_features)
+    rej = Rejections()
+    bar = tqdm(desc=f"embed {enc.name}", unit="doc", initial=skip_features, disable=not progress)
+    seen = 0
+    try:
+        for docs in _windows(T.read_documents(tset, dedup=True, files=None, rejections=rej), window):
+            lo, seen = seen, seen + len(docs)
+            if seen > skip_table:
+                writer.append_documents(docs[max(0, skip_table - lo):])
+            if seen <= skip_features:
+                continue
+            new = docs[max(0, skip_features - lo):]
+            fw.write(_encode(enc, [d.text for d in new], lambda j: new[j].id, batch_size, bar))
+            if committer.due():
+                writer.commit()
+                fw.sync()
+                atomic_write_json(root / PROGRESS, {"rows": fw.rows})
+                committer.done(fw.rows)
+        T.require_rows(writer.rows, tset, rej)
+        table_done = writer.finish(rej)
+        fw.sync()
+        atomic_write_json(root / PROGRESS, {"rows": fw.rows})
+        committer.done(fw.rows)
+        return _features_done(root, fw, table_done, settings)
+    finally:
+        writer.close()
+        fw.close()
+        bar.close()
+
+
+def _embed_rows(enc, out: Path, table: T.Table, rows: range, *, batch_size: int, window: int, committer: _Committer,
+                progress: bool, label: str = "") -> _FeatureWriter:
+    """Features of table rows ``rows`` (read again at their locations) into ``out``/features.f32,
+    resuming after the rows its progress.json counts."""
+    done_rows = int((_read_json(out / PROGRESS) or {}).get("rows", 0))
+    fw = _FeatureWriter(out / FEATURES, enc.dim, done_rows)
+    bar = tqdm(total=len(rows), initial=done_rows, desc=f"embed {enc.name}{label}", unit="doc", disable=not progress)
+    try:
+        todo = range(rows.start + done_rows, rows.stop)
+        for block in _windows(table.texts(todo), window):
+            first = block[0][0]
+            fw.write(_encode(enc, [t for _, t in block], lambda j: table.ids([first + j])[0], batch_size, bar))
+            if committer.due():
+                fw.sync()
+                atomic_write_json(out / PROGRESS, {"rows": fw.rows})
+                committer.done(fw.rows)
+        fw.sync()
+        atomic_write_json(out / PROGRESS, {"rows": fw.rows})
+        committer.done(fw.rows)
+        return fw
+    finally:
+        fw.close()
+        bar.close()
+
+
+def part_rows(table: T.Table, shard: P.Shard) -> range:
+    """The table rows of part ``shard``: those of its input files, files balanced by text bytes."""
+    files = len(table.files)
+    per_file = np.zeros(files, dtype=np.float64)
+    first = np.zeros(files + 1, dtype=np.int64)
+    for (_, f), (_, b) in zip(table.chunks("file"), table.chunks("bytes")):
+        per_file += np.bincount(f, weights=b, minlength=files)
+        first[1:] += np.bincount(f, minlength=files)
+    first = np.cumsum(first)
+    lo, hi = P.balanced_ranges(per_file, shard.count)[shard.index]
+    return range(int(first[lo]), int(first[hi]))
+
+
+def _embed_part(enc, root: Path, table: T.Table, shard: P.Shard, settings: dict, *, batch_size: int, window: int,
+                committer: _Committer, progress: bool) -> dict:
+    key_settings = {**settings, "parts": shard.count}
+    out = P.part_dir(root, "embed", shard)
+    done = P.read_done(out)
+    if done is not None and done.get("key") == P.run_key(key_settings):
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    rows = part_rows(table, shard)
+    fw = _embed_rows(enc, out, table, rows, batch_size=batch_size, window=window, committer=committer,
+                     progress=progress, label=f" part {shard}")
+    return P.finish_part(out, key_settings, {"rows": [rows.start, rows.stop], "features_sha256": fw.sha.hexdigest(),
+                                             "table": table.fingerprint})
+
+
+def merge_features(out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Concatenate the finished embed parts of ``out_dir`` (streamed) into its features; refuses
+    missing or unfinished parts and parts of another run or table before writing anything."""
+    root = Path(out_dir)
+    meta = read_meta(root)
+    if meta is None:
+        raise EmbedError(f"{root}: no {META}: nothing was embedded here")
+    settings = _settings_of(meta)
+    found = P.collect_parts(root, "embed")
+    table = T.Table(T.table_dir(root))
+    key_settings = {**settings, "parts": len(found)}
+    P.collect_parts(root, "embed", key_settings)
+    expect = 0
+    for path, done in found:
+        if done["table"] != table.fingerprint:
+            raise P.PartError(f"{path}: embedded from another table ({done['table'][:12]}, now {table.fingerprint[:12]})")
+        lo, hi = done["rows"]
+        if lo != expect:
+            raise P.PartError(f"{path}: covers rows {lo}..{hi}, expected to start at {expect}")
+        expect = hi
+    if expect != table.n:
+        raise P.PartError(f"{root}: the parts cover {expect} of the table's {table.n} rows")
+    (root / P.DONE).unlink(missing_ok=True)
+    fw = _FeatureWriter(root / FEATURES, int(meta["dim"]), 0)
+    try:
+        for path, _ in tqdm(found, desc="merge embed parts", disable=not progress):
+            with open(path / FEATURES, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    fw.f.write(chunk)
+                    fw.sha.update(chunk)
+                    fw.rows += len(chunk) // (fw.dim * 4)
+        fw.sync()
+    finally:
+        fw.close()
+    atomic_write_json(root / PROGRESS, {"rows": fw.rows})
+    done = _features_done(root, fw, table.done, settings)
+    P.remove_parts(root, "embed")
+    return done
+
+
+def _settings_of(meta: dict) -> dict:
+    return {k: meta[k] for k in meta if k != "format"}
 
 
 def embed_corpus(
@@ -276,208 +555,96 @@ def embed_corpus(
     batch_size: int = 64,
     max_tokens: int | None = None,
     text_field: str = "text",
-    domain_field: str = "domain",
+    domain_field: str | None = "domain",
     id_field: str | None = None,
     domain_from_dir: bool = False,
     max_doc_bytes: int | None = None,
     workers: int = 1,
-    rank: int | None = None,
-    world_size: int | None = None,
+    shard: P.Shard | None = None,
     commit_every: int = 8,
+    commit_seconds: float = 10.0,
     overwrite: bool = False,
     progress: bool = True,
     on_commit: Callable[[int], None] | None = None,
 ) -> dict:
-    """Embed every accepted document of ``inputs`` into the features directory ``out_dir``.
+    """Embed every document of ``inputs`` into the features directory ``out_dir``; returns its
+    DONE record (a part's, for ``shard``).
 
-    Resumes a partial run with the same settings; returns the meta at once when a complete run
-    with the same settings is already there; a run with different settings is an error unless
-    ``overwrite``. ``dim`` is the hashing encoder's output size. ``max_tokens`` None = the
-    encoder's own limit (MiniLM 256, BERT 512; hashing 512 words). ``workers`` = CPU threads for a
-    neural encoder. ``commit_every`` = batches per commit; ``on_commit(rows_done)`` is called after
-    each commit (progress hooks, tests).
+    Resumes a partial run with the same settings; returns at once when a complete run with the
+    same settings is there; a directory made from other inputs or settings is an error naming
+    both, unless ``overwrite``. ``dim`` is the hashing encoder's output size; ``max_tokens`` None
+    = the encoder's own limit (MiniLM 256, BERT 512; hashing 512 words); ``workers`` = CPU
+    threads of a neural encoder. Windows of ``batch_size·commit_every`` documents are embedded;
+    a commit happens after a window once ``commit_seconds`` have passed (and at the end), then
+    ``on_commit(rows)`` is called.
 
-    Under torchrun (RANK/WORLD_SIZE set, ``rank`` left None) each rank writes its shard, all ranks
-    meet at a barrier and rank 0 merges. With an explicit ``rank`` only the shard is written; call
-    :func:`merge_shards` afterwards.
+    Parts: under torchrun (WORLD_SIZE > 1) every rank indexes and embeds its own input files and
+    rank 0 merges (barriers in between). ``shard`` runs one part of a ``--shard I/N`` job: it
+    needs the complete table (``data-select index`` with the same shards, then its merge); merge
+    the parts with :func:`merge_features`.
     """
     inputs = [str(p) for p in inputs]
-    env_launched = rank is None and world_size is None
-    if env_launched:
-        rank, world_size = _env_rank()
-    rank, world_size = int(rank or 0), int(world_size or 1)
-    if not 0 <= rank < world_size:
-        raise EmbedError(f"rank {rank} is outside world_size {world_size}")
     if batch_size < 1 or commit_every < 1:
         raise EmbedError("batch_size and commit_every must be >= 1")
     root = Path(out_dir)
-    target = root / f"rank-{rank:05d}" if world_size > 1 else root
-    target.mkdir(parents=True, exist_ok=True)
-
+    root.mkdir(parents=True, exist_ok=True)
+    tset = T.table_settings(inputs, text_field=text_field, domain_field=domain_field, id_field=id_field,
+                            domain_from_dir=domain_from_dir, max_doc_bytes=max_doc_bytes)
     enc = get_encoder(encoder, max_tokens=max_tokens, dim=dim, threads=workers)
-    settings = {
-        "encoder": enc.name, "dim": enc.dim, "max_tokens": enc.max_tokens, "inputs": inputs,
-        "input_files": input_fingerprint(inputs), "text_field": text_field, "domain_field": domain_field,
-        "id_field": id_field, "domain_from_dir": domain_from_dir, "max_doc_bytes": max_doc_bytes,
-        "rank": rank, "world_size": world_size,
-    }
-    meta = _resume_point(target, settings, overwrite)
-    if meta["status"] == "complete":
-        result = meta
-    else:
-        result = _embed_rows(enc, target, meta, batch_size=batch_size, commit_every=commit_every, progress=progress,
-                             on_commit=on_commit)
-    if world_size > 1 and env_launched:
-        created = _barrier()
-        if rank == 0:
-            result = merge_shards(root, progress=progress)
-        _barrier()
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    return result
-
-
-def _resume_point(target: Path, settings: dict, overwrite: bool) -> dict:
-    """The meta to continue from: a fresh one, or the matching partial/complete run on disk."""
-    old = read_meta(target)
-    if old is not None and not overwrite:
-        diff = [k for k in settings if old.get(k) != settings[k]]
-        if diff:
-            k = diff[0]
-            was, now = repr(old.get(k))[:200], repr(settings[k])[:200]
-            raise EmbedError(f"{target}: holds features made with {k}={was}, this run has {k}={now}; "
-                             "use another output directory or overwrite=True (--overwrite)")
-        return old
-    for name in (FEATURES, IDS):
-        (target / name).unlink(missing_ok=True)
-    meta = {"format": FORMAT, **settings, "status": "partial", "n": 0, "rows_done": 0, "ids_bytes": 0,
-            "ids_sha256": None, "pool_documents": None, "rejected": None, "rejected_total": None,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(target / META, meta)
-    return meta
+    settings = {**tset, "encoder": enc.name, "dim": enc.dim, "max_tokens": enc.max_tokens}
+    _prepare(root, settings, overwrite)
+    done = P.read_done(root)
+    if done is not None:
+        return done
+    kw = dict(batch_size=batch_size, window=batch_size * commit_every, committer=_Committer(commit_seconds, on_commit),
+              progress=progress)
+    if shard is not None:
+        table = T.complete_table(root, tset)
+        if table is None:
+            raise UsageError(f"{root}: embed --shard {shard} needs the document table: first run `data-select index "
+                             f"INPUTS --out {root} --shard I/{shard.count}` for every I, then `data-select index --out "
+                             f"{root} --merge`")
+        return _embed_part(enc, root, table, shard, settings, **kw)
+    env = P.env_shard()
+    if env is not None:
+        with P.Group(env) as group:
+            table = T.complete_table(root, tset) or T.index_parts(root, tset, env, group, progress)
+            _embed_part(enc, root, table, env, settings, **kw)
+            group.barrier()
+            if env.index == 0:
+                merge_features(root, progress=progress)
+            group.barrier()
+        return P.read_done(root)
+    table = T.complete_table(root, tset)
+    if table is None:
+        return _embed_fused(enc, root, settings, tset, **kw)
+    fw = _embed_rows(enc, root, table, range(table.n), **kw)
+    return _features_done(root, fw, table.done, settings)
 
 
-def _embed_rows(enc, target: Path, meta: dict, *, batch_size: int, commit_every: int, progress: bool,
-                on_commit: Callable[[int], None] | None) -> dict:
-    rank, world = meta["rank"], meta["world_size"]
-    done = int(meta["rows_done"])
-    fpath, ipath = target / FEATURES, target / IDS
-    row_bytes = enc.dim * 4
-    # Drop whatever a crash left beyond the last commit.
-    for path, size in ((fpath, done * row_bytes), (ipath, int(meta["ids_bytes"]))):
-        with open(path, "ab") as f:
-            f.truncate(size)
-    rejections = Rejections()
-    docs = iter_documents(meta["inputs"], text_field=meta["text_field"], domain_field=meta["domain_field"],
-                          id_field=meta["id_field"], domain_from_dir=meta["domain_from_dir"], rejections=rejections,
-                          **({"max_doc_bytes": meta["max_doc_bytes"]} if meta["max_doc_bytes"] else {}))
-    pool = 0
-
-    def mine():
-        nonlocal pool
-        for i, doc in enumerate(docs):
-            pool = i + 1
-            if i % world == rank:
-                yield doc
-
-    rows = 0
-    window = batch_size * commit_every
-    bar = tqdm(desc=f"embed {enc.name}" + (f" rank {rank}" if world > 1 else ""), unit="doc", initial=done,
-               disable=not progress)
-    with open(fpath, "r+b") as ff, open(ipath, "r+b") as fi:
-        ff.seek(0, os.SEEK_END)
-        fi.seek(0, os.SEEK_END)
-        for chunk in _windows(mine(), window):
-            start = rows
-            rows += len(chunk)
-            if rows <= done:
-                continue
-            chunk = chunk[max(0, done - start):]
-            out = np.empty((len(chunk), enc.dim), dtype=np.float32)
-            # Longest first within the window, so each batch pads to similar lengths.
-            order = sorted(range(len(chunk)), key=lambda j: -len(chunk[j].text))
-            for lo in range(0, len(order), batch_size):
-                sel = order[lo:lo + batch_size]
-                out[sel] = enc.encode([chunk[j].text for j in sel])
-                bar.update(len(sel))
-            if not np.isfinite(out).all():
-                bad = chunk[int(np.argmax(~np.isfinite(out).all(axis=1)))]
-                raise EmbedError(f"encoder {enc.name} produced NaN/inf for document {bad.id!r} ({bad.source})")
-            ff.write(out.tobytes())
-            fi.write("".join(json.dumps({"id": d.id, "source": d.source, "domain": d.domain, "n_chars": len(d.text)})
-                             + "\n" for d in chunk).encode("utf-8"))
-            for f in (ff, fi):
-                f.flush()
-                os.fsync(f.fileno())
-            meta.update(rows_done=rows, n=rows, ids_bytes=fi.tell())
-            atomic_write_json(target / META, meta)
-            if on_commit is not None:
-                on_commit(rows)
-    bar.close()
-    meta.update(status="complete", n=rows, rows_done=rows, ids_bytes=ipath.stat().st_size,
-                ids_sha256=sha256_file(ipath), pool_documents=pool, rejected=rejections.to_dict(),
-                rejected_total=int(rejections.total))
-    atomic_write_json(target / META, meta)
-    return meta
+def _prepare(root: Path, settings: dict, overwrite: bool) -> None:
+    """Write features.json once; refuse (or with ``overwrite`` clear) a directory of other settings."""
+    if (root / META).is_file():
+        try:
+            old = read_meta(root)
+        except EmbedError:
+            if not overwrite:
+                raise
+            old = None
+        if old is not None and _settings_of(old) == settings:
+            return
+        if old is not None and not overwrite:
+            T.check_same("the features directory", root, _settings_of(old), settings,
+                         "use another output directory or --overwrite", EmbedError)
+        _clear(root)
+    elif overwrite:
+        _clear(root)
+    atomic_write_json(root / META, {"format": FORMAT, **settings})
 
 
-def _barrier() -> bool:
-    """All ranks wait for each other; a gloo group is created here when the launcher made none
-    (returns True then). The long timeout covers ranks that finish their shard hours apart."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise EmbedError("torch.distributed is unavailable: run each rank with an explicit rank, then `data-select embed --merge`")
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group(backend="gloo", timeout=datetime.timedelta(hours=24))
-    dist.barrier()
-    return created
-
-
-def merge_shards(out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Interleave complete ``rank-NNNNN/`` shards into ``out_dir`` in document order (row i from
-    shard i % world), writing features and ids under temporary names and the meta last."""
-    root = Path(out_dir)
-    shard_dirs = sorted(p for p in root.glob("rank-*") if p.is_dir())
-    if not shard_dirs:
-        raise EmbedError(f"{root}: no rank-NNNNN shard directories to merge")
-    shards = [load_features(d) for d in shard_dirs]
-    metas = [m for _, _, m in shards]
-    world = metas[0]["world_size"]
-    if len(shards) != world or [m["rank"] for m in metas] != list(range(world)):
-        raise EmbedError(f"{root}: found shards {[d.name for d in shard_dirs]}, expected ranks 0..{world - 1}")
-    same = ("encoder", "dim", "max_tokens", "inputs", "input_files", "text_field", "domain_field", "id_field",
-            "domain_from_dir", "max_doc_bytes", "world_size", "pool_documents", "rejected")
-    for m, d in zip(metas[1:], shard_dirs[1:]):
-        for k in same:
-            if m.get(k) != metas[0].get(k):
-                raise EmbedError(f"{d}: {k}={m.get(k)!r} differs from rank 0's {metas[0].get(k)!r}")
-    n, dim = sum(m["n"] for m in metas), metas[0]["dim"]
-    if n != metas[0]["pool_documents"] or any(m["n"] != len(range(r, n, world)) for r, m in enumerate(metas)):
-        raise EmbedError(f"{root}: shard row counts {[m['n'] for m in metas]} do not add up to {metas[0]['pool_documents']} documents")
-    tmp_f, tmp_i = root / (FEATURES + ".tmp"), root / (IDS + ".tmp")
-    with open(tmp_f, "wb") as f:
-        f.truncate(n * dim * 4)
-    if n:
-        out = np.memmap(tmp_f, dtype=np.float32, mode="r+", shape=(n, dim))
-        for r, (feats, _, _) in enumerate(tqdm(shards, desc="merge shards", disable=not progress)):
-            out[r::world] = feats
-        out.flush()
-        del out
-    ids = [None] * n
-    for r, (_, rows, _) in enumerate(shards):
-        ids[r::world] = rows
-    with open(tmp_i, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in ids)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_f, root / FEATURES)
-    os.replace(tmp_i, root / IDS)
-    meta = dict(metas[0])
-    meta.update(rank=0, world_size=1, merged_from=world, status="complete", n=n, rows_done=n,
-                ids_bytes=(root / IDS).stat().st_size, ids_sha256=sha256_file(root / IDS))
-    atomic_write_json(root / META, meta)
-    return meta
+def _clear(root: Path) -> None:
+    for name in (META, PROGRESS, FEATURES, P.DONE, "ids.jsonl"):
+        (root / name).unlink(missing_ok=True)
+    for d in (T.table_dir(root), root / P.PARTS):
+        if d.exists():
+            shutil.rmtree(d)

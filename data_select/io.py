@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from data_select.errors import UsageError
+from data_select.errors import DataSelectError, UsageError
 
 
 def _umask() -> int:
@@ -42,6 +42,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_json(path: str | Path, error: type = DataSelectError) -> dict | None:
+    """A JSON record written by a step (None when the file is not there); unreadable JSON is ``error``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def atomic_write_json(path: str | Path, data: dict) -> None:

@@ -2,7 +2,8 @@
 
 Every step writes its outputs first and a small JSON record last (atomically), so a re-run of
 :func:`run` skips steps whose record matches the current settings and inputs, and continues an
-interrupted embedding where it stopped.
+interrupted embedding where it stopped. Under torchrun every step is split over the ranks
+(data_select.parts); one step at a time, as parts and merges, is what a Slurm job array runs.
 
 Accounting (report.json ``accounting``): every input document is exactly one of
 
@@ -11,14 +12,14 @@ Accounting (report.json ``accounting``): every input document is exactly one of
 - ``deduplicated``   embedded, removed as a near-duplicate of a kept document before selection
                      (its own bucket, only for the ``dedup*`` methods);
 - ``rejected``       never embedded, by reason (:data:`data_select.sources.REASONS`; a corrupt
-                     compressed file counts once for its unreadable rest).
+                     compressed file counts once for its unreadable rest; a repeated id or text,
+                     ``duplicate_id`` / ``duplicate_content``, is dropped before embedding).
 
 and ``selected + not_selected + deduplicated + rejected.total == input_documents``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 import typing
@@ -28,218 +29,110 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from data_select import baselines, disf, spectrum
+from data_select import budget, disf, spectrum
+from data_select.baselines import FLAT_MAX
+from data_select import parts as P
 from data_select.embed import embed_corpus, load_features
-from data_select.io import atomic_write_json, atomic_write_lines, read_selection_ids, sha256_file
-from data_select.errors import DataSelectError, UsageError
+from data_select.errors import UsageError
+from data_select.io import atomic_write_json, read_json
+from data_select.select import (DEDUPLICATED, DEDUPLICATED_ROWS, METHODS, SELECT_META, SELECTION,  # noqa: F401
+                                SELECTION_ROWS, SHARDED_METHODS, PipelineError, RowSubset, check_size_args,
+                                read_selection, select_features, selection_dir, selection_size)
 
-SELECTION = "selection.jsonl"
-SELECT_META = "select.json"
-DEDUPLICATED = "deduplicated.jsonl"
 REPORT = "report.json"
 SPECTRUM_PNG = "spectrum.png"
 DOMAINS_PNG = "domains.png"
 RUN_LEDGER = "run.json"
-METHODS = ("disf", "random", "dsir", "dedup", "dedup+disf", "dedup+random")
-DEFAULT_RATIO = 1 / 64  # DiSF's released setting: 16 of every 1024 files (1.5625 %)
-
-
-class PipelineError(DataSelectError):
-    """A step of the pipeline cannot run; the message names the file, key or step."""
-
-
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
-
-
-# --------------------------------------------------------------------------- selection
-
-
-def selection_size(n: int, *, ratio: float | None, k_per_batch: int | None, batch_size: int, seed: int,
-                   disf_variant: str = "exact", disf_processes: int = 1) -> int:
-    """Files DiSF would pick from a pool of n (sum over its batches); baselines pick as many."""
-    plan = disf.batch_plan(n, batch_size, seed, variant=disf_variant, processes=disf_processes)
-    return sum(disf.batch_k(len(b), batch_size=batch_size, k_per_batch=k_per_batch, ratio=ratio) for b in plan)
-
-
-def _dsir_texts(meta: dict, ids: list[dict], target: str | None) -> tuple[list[str], list[str]]:
-    """Pool texts (re-read from the inputs the features were made from) and the target texts:
-    the pool's documents of domain ``target``, else the documents of the files ``target`` names."""
-    from data_select.sources import input_fingerprint, iter_documents
-
-    if not target:
-        raise PipelineError("method dsir needs --target: a domain of the pool or a file/glob of target texts")
-    if input_fingerprint(meta["inputs"]) != meta["input_files"]:
-        raise PipelineError(f"inputs {meta['inputs']} changed since they were embedded; re-run `data-select embed --overwrite`")
-    read_kw = dict(text_field=meta["text_field"], domain_field=meta["domain_field"], id_field=meta["id_field"],
-                   domain_from_dir=meta.get("domain_from_dir", False),
-                   **({"max_doc_bytes": meta["max_doc_bytes"]} if meta.get("max_doc_bytes") else {}))
-    texts, domains = [], []
-    for row, doc in zip(ids, iter_documents(meta["inputs"], **read_kw)):
-        if doc.id != row["id"]:
-            raise PipelineError(f"inputs changed since embedding: row {len(texts)} is {doc.id!r}, features say {row['id']!r}")
-        texts.append(doc.text)
-        domains.append(doc.domain)
-    if len(texts) != len(ids):
-        raise PipelineError(f"inputs changed since embedding: read {len(texts)} documents, features hold {len(ids)}")
-    if target in set(domains):
-        target_texts = [t for t, d in zip(texts, domains) if d == target]
-    else:
-        try:
-            target_texts = [d.text for d in iter_documents([target], text_field=meta["text_field"])]
-        except DataSelectError as e:
-            raise PipelineError(f"dsir target {target!r} is neither a domain of the pool nor readable text: {e}") from None
-    return texts, target_texts
-
-
-def select_features(features_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str = "disf",
-                    ratio: float | None = None, k_per_batch: int | None = None, batch_size: int = 1024,
-                    seed: int = 0, dedup_threshold: float = 0.95, target: str | None = None,
-                    disf_variant: str = "exact", disf_processes: int = 1, workers: int = 1,
-                    progress: bool = True) -> dict:
-    """Select documents from a features directory; writes ``selection.jsonl`` (id, source, domain,
-    row, rank = pick order) and ``select.json`` (method, params, counts); returns the latter.
-
-    Without ``ratio`` and ``k_per_batch`` the ratio is DiSF's 1/64. Random and DSIR pick as many
-    files as DiSF would; ``dedup`` keeps every non-duplicate; ``dedup+disf`` runs DiSF on those and
-    ``dedup+random`` picks as many files as DiSF would at random among them (the baseline that separates
-    dedup from DiSF).
-    ``disf_variant`` ``released`` reproduces the published DiSF script (:mod:`data_select.disf`)
-    over ``disf_processes`` contiguous ranges (the script's CPU count).
-    """
-    if method not in METHODS:
-        raise UsageError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
-    if disf_variant not in disf.VARIANTS:
-        raise UsageError(f"unknown DiSF variant {disf_variant!r}; choose one of {', '.join(disf.VARIANTS)}")
-    if disf_processes < 1:
-        raise UsageError(f"disf_processes must be >= 1, got {disf_processes}")
-    if ratio is not None and k_per_batch is not None:
-        raise UsageError("give either ratio or k_per_batch, not both")
-    if ratio is None and k_per_batch is None:
-        ratio = DEFAULT_RATIO
-    feats, ids, meta = load_features(features_dir)
-    n = feats.shape[0]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SELECT_META).unlink(missing_ok=True)  # rewritten last: present means the selection is complete
-    sized = method != "dedup"  # plain dedup keeps every non-duplicate: no size, no batches
-    params = {"ratio": ratio if sized else None, "k_per_batch": k_per_batch if sized else None,
-              "batch_size": batch_size if sized else None, "seed": seed,
-              "dedup_threshold": dedup_threshold if method.startswith("dedup") else None,
-              "target": target if method == "dsir" else None,
-              "disf_variant": disf_variant if sized else None,
-              "disf_processes": disf_processes if sized and disf_variant == "released" else None}
-    size_kw = dict(ratio=ratio, k_per_batch=k_per_batch, batch_size=batch_size, seed=seed)
-    variant_kw = dict(variant=disf_variant, processes=disf_processes)
-    count_kw = dict(disf_variant=disf_variant, disf_processes=disf_processes)
-    dup_of = np.full(n, -1, dtype=np.int64)
-    try:
-        if method.startswith("dedup"):
-            keep, dup_of = baselines.dedup(feats, threshold=dedup_threshold, progress=progress)
-        if method == "disf":
-            picked = disf.select(feats, **size_kw, **variant_kw, workers=workers, progress=progress)
-        elif method == "random":
-            picked = baselines.random_select(n, selection_size(n, **size_kw, **count_kw), seed)
-        elif method == "dsir":
-            texts, target_texts = _dsir_texts(meta, ids, target)
-            picked = baselines.dsir_select(texts, target_texts, selection_size(n, **size_kw, **count_kw), seed=seed)
-        elif method == "dedup":
-            picked = keep
-        elif method == "dedup+random":
-            k = min(len(keep), selection_size(n, **size_kw, **count_kw))
-            picked = baselines.compose(keep, baselines.random_select(len(keep), k, seed))
-        else:
-            sub = disf.select(np.asarray(feats[keep]), **size_kw, **variant_kw, workers=workers, progress=progress)
-            picked = baselines.compose(keep, sub)
-    except (disf.DisfError, baselines.BaselineError) as e:
-        raise PipelineError(f"{method} selection on {features_dir}: {e}") from None
-    picked = np.asarray(picked, dtype=np.int64)
-    rows = [{"id": ids[i]["id"], "source": ids[i]["source"], "domain": ids[i]["domain"], "row": int(i), "rank": r}
-            for r, i in enumerate(picked)]
-    dups = np.flatnonzero(dup_of >= 0)
-    atomic_write_lines(out / SELECTION, rows)
-    atomic_write_lines(out / DEDUPLICATED, [{"id": ids[i]["id"], "row": int(i), "duplicate_of": ids[dup_of[i]]["id"]}
-                                      for i in dups])
-    record = {
-        "format": "budgetlm-selection/1", "method": method, "params": params,
-        "features": {"dir": str(Path(features_dir).resolve()), "encoder": meta["encoder"], "ids_sha256": meta["ids_sha256"]},
-        "counts": {"input": n, "selected": len(picked), "not_selected": n - len(picked) - len(dups),
-                   "deduplicated": len(dups)},
-        "selection_sha256": sha256_file(out / SELECTION),
-    }
-    atomic_write_json(out / SELECT_META, record)
-    return record
+    return read_json(path, PipelineError)
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _read_selection(path: Path, ids: list[dict]) -> np.ndarray:
-    """Rows of the features that a selection.jsonl names."""
-    where = {r["id"]: i for i, r in enumerate(ids)}
-    try:
-        return np.asarray([where[i] for i in read_selection_ids(path)], dtype=np.int64)
-    except KeyError as e:
-        raise PipelineError(f"{path}: id {e.args[0]!r} is not in the features (made from other inputs?)") from None
-
-
 def report(features_dir: str | os.PathLike, selection: str | os.PathLike, out_dir: str | os.PathLike, *,
-           top_k: int = 10, sample: int = 10_000, seed: int = 0) -> dict:
+           top_k: int = 10, sample: int = 10_000, seed: int = 0, manifest: str | os.PathLike | None = None) -> dict:
     """``report.json`` + ``spectrum.png`` + ``domains.png``: spectrum diagnostics of the selection against
-    the pool and a random selection of the same size, per-domain counts (and their bar chart), and the
-    document accounting."""
-    feats, ids, meta = load_features(features_dir)
-    selection = Path(selection)
-    sel = _read_selection(selection, ids)
-    record = _read_json(selection.parent / SELECT_META) or {}
-    if record and record.get("selection_sha256") != sha256_file(selection):
-        raise PipelineError(f"{selection.parent / SELECT_META} does not describe {selection} (checksum differs); re-run select")
-    n = len(ids)
-    deduplicated = int(record.get("counts", {}).get("deduplicated", 0))
+    the pool and a random selection of the same size, per-domain counts (and their bar chart), the selected files, bytes, estimated
+    tokens (token-budget selections) and, given the tokenize step's ``manifest``, the tokens
+    actually written, and the document accounting. Reads the domain and bytes columns and the
+    selection's rows; features a sample of rows at a time."""
+    feats = load_features(features_dir)
+    table = feats.table
+    record, sel = read_selection(selection)
+    if record["features"]["fingerprint"] != feats.fingerprint:
+        raise PipelineError(f"{selection}: made from other features ({record['features']['dir']}) than "
+                            f"{features_dir}; re-run select")
+    n = feats.n
     if sel.size < 2:
         raise PipelineError(f"{selection}: {sel.size} document(s) selected; the spectrum needs at least 2")
+    status = np.zeros(n, dtype=np.int8)  # 0 not selected, 1 selected, 2 deduplicated
+    status[sel] = 1
+    dpath = selection_dir(selection) / DEDUPLICATED_ROWS
+    dup_rows = np.load(dpath)[:, 0] if dpath.is_file() else np.empty(0, dtype=np.int64)
+    status[dup_rows] = 2
+    deduplicated = int(record.get("counts", {}).get("deduplicated", 0))
     rng = np.random.default_rng(seed)
-    sets = {"selected": np.sort(sel), "pool": np.arange(n), "random": np.sort(rng.choice(n, size=sel.size, replace=False))}
+    sets = {"selected": RowSubset(feats.matrix, np.sort(sel)), "pool": feats.matrix,
+            "random": RowSubset(feats.matrix, np.sort(rng.choice(n, size=sel.size, replace=False)))}
     spectra, eigs = {}, {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
         for name, rows in sets.items():
-            e = spectrum.correlation_eigenvalues(feats if name == "pool" else np.asarray(feats[rows]), sample=sample, seed=seed)
+            e = spectrum.correlation_eigenvalues(rows, sample=sample, seed=seed)
             eigs[name] = e
-            spectra[name] = {"files": int(rows.size), "dominance": spectrum.dominance_score(e, top_k),
+            spectra[name] = {"files": int(rows.shape[0]), "dominance": spectrum.dominance_score(e, top_k),
                              "effective_rank": spectrum.effective_rank(e)}
         spectrum.plot_spectra(eigs, out / SPECTRUM_PNG)
     except spectrum.SpectrumError as e:
         raise PipelineError(f"spectrum of {features_dir}: {e}") from None
 
-    dup_rows = set()
-    dpath = selection.parent / DEDUPLICATED
-    if deduplicated and dpath.is_file():
-        with open(dpath) as f:
-            dup_rows = {json.loads(line)["row"] for line in f if line.strip()}
-    chosen = set(sel.tolist())
-    domains: dict[str, dict[str, int]] = {}
-    for i, r in enumerate(ids):
-        d = domains.setdefault(r["domain"] or "unknown", {"pool": 0, "selected": 0, "not_selected": 0, "deduplicated": 0})
-        d["pool"] += 1
-        d["selected" if i in chosen else "deduplicated" if i in dup_rows else "not_selected"] += 1
-    rejected = meta.get("rejected") or {"total": 0, "counts": {}}
-    acc = {"input_documents": n + int(rejected["total"]), "selected": int(sel.size),
+    codes = table.column("domain")
+    slot = np.where(codes < 0, len(table.domains), codes)  # the last slot: no domain
+    names = table.domains + ["unknown"]
+    counts = {k: np.bincount(slot[status == v], minlength=len(names)) for k, v in
+              (("selected", 1), ("not_selected", 0), ("deduplicated", 2))}
+    sel_bytes = table.column("bytes", sel).astype(np.float64)
+    per_bytes = np.bincount(slot[sel], weights=sel_bytes, minlength=len(names))
+    estimate = record.get("tokens", {}).get("estimate")
+    per_est = np.bincount(slot[sel], weights=budget.estimated_tokens(table, estimate, sel), minlength=len(names)) \
+        if estimate else None
+    actual = _read_json(Path(manifest)) if manifest else None
+    domains: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        pool = int(counts["selected"][i] + counts["not_selected"][i] + counts["deduplicated"][i])
+        if not pool:
+            continue
+        d = domains.setdefault(name, {"pool": 0, "selected": 0, "not_selected": 0, "deduplicated": 0})
+        d["pool"] += pool
+        for k in ("selected", "not_selected", "deduplicated"):
+            d[k] += int(counts[k][i])
+        d["selected_bytes"] = d.get("selected_bytes", 0) + int(per_bytes[i])
+        if per_est is not None:
+            d["estimated_tokens"] = d.get("estimated_tokens", 0) + int(round(per_est[i]))
+        if actual is not None:
+            d["tokens"] = int(actual.get("domains", {}).get(name, {}).get("tokens", 0))
+    selected = {"files": int(sel.size), "bytes": int(sel_bytes.sum())}
+    if estimate:
+        selected["estimated_tokens"] = int(round(record["tokens"]["estimated_selected"]))
+        selected["bytes_per_token"] = estimate["bytes_per_token"]
+        selected["token_budget"] = record["tokens"]["budget"]
+    if actual is not None:
+        selected["tokens"] = int(actual["splits"]["train"]["tokens"] + actual["splits"]["val"]["tokens"])
+    rejected = table.rejected
+    acc = {"input_documents": n + int(rejected.total), "selected": int(sel.size),
            "not_selected": n - int(sel.size) - deduplicated, "deduplicated": deduplicated,
-           "rejected": {"total": int(rejected["total"]), "by_reason": rejected["counts"]}}
+           "rejected": {"total": int(rejected.total), "by_reason": dict(sorted(rejected.counts.items()))}}
     acc["adds_up"] = (acc["selected"] + acc["not_selected"] + acc["deduplicated"] + acc["rejected"]["total"]
                       == acc["input_documents"]) and acc["not_selected"] >= 0 and len(dup_rows) == deduplicated
     result = {
-        "features": {"dir": str(Path(features_dir).resolve()), "encoder": meta["encoder"], "dim": meta["dim"], "n": n},
-        "selection": {"path": str(selection.resolve()), "method": record.get("method"), "params": record.get("params")},
+        "features": {"dir": str(feats.root.resolve()), "encoder": feats.meta["encoder"], "dim": feats.dim, "n": n},
+        "selection": {"path": str(selection_dir(selection).resolve()), "method": record.get("method"),
+                      "params": record.get("params")},
+        "selected": selected,
         "spectrum": {**spectra, "top_k": top_k, "sample": sample, "seed": seed,
                      "selected_vs_random": {"dominance": spectra["selected"]["dominance"] - spectra["random"]["dominance"],
                                             "effective_rank": spectra["selected"]["effective_rank"] - spectra["random"]["effective_rank"]}},
@@ -269,11 +162,14 @@ class EmbedConfig:
 @dataclass
 class SelectConfig:
     method: str = "disf"  # disf | random | dsir | dedup | dedup+disf | dedup+random
-    ratio: float | None = None  # None (and no k_per_batch) = 1/64
+    ratio: float | None = None  # None (and no k_per_batch, no tokens) = 1/64
     k_per_batch: int | None = None
+    tokens: float | None = None  # a token budget instead of a file share (data_select.budget)
     batch_size: int = 1024
     seed: int = 0
     dedup_threshold: float = 0.95
+    nlist: int | None = None  # dedup IVF lists; None = exact up to 100,000 rows, else 2·sqrt(n)
+    nprobe: int = 4  # dedup IVF lists probed per row
     target: str | None = None  # dsir: a domain of the pool or a file/glob of target texts
     disf_variant: str = "exact"  # exact | released (the published DiSF script; see data_select.disf)
     disf_processes: int = 1  # released: contiguous ranges the pool is split into (the script's cpu_count())
@@ -385,8 +281,7 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         raise UsageError("config key inputs: give at least one input file, folder or glob")
     if cfg.select.method not in METHODS:
         raise UsageError(f"config key select.method: {cfg.select.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.select.ratio is not None and cfg.select.k_per_batch is not None:
-        raise UsageError("config keys select.ratio and select.k_per_batch: give one, not both")
+    check_size_args(cfg.select.ratio, cfg.select.k_per_batch, cfg.select.tokens, config=True)
     if cfg.select.disf_variant not in disf.VARIANTS:
         raise UsageError(f"config key select.disf_variant: {cfg.select.disf_variant!r} is not one of "
                          f"{', '.join(disf.VARIANTS)}")
@@ -397,72 +292,142 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
 
 # --------------------------------------------------------------------------- run
 
+STEPS = ("index", "embed", "dedup", "select", "tokenize", "report")
 
-def run(cfg: RunConfig) -> dict:
-    """All steps into ``cfg.out_dir``: features/, selection.jsonl, tokens/, report.json, spectrum.png.
 
-    ``run.json`` records each finished step with its settings and input checksums; a step whose
+def run(cfg: RunConfig, *, step: str | None = None, shard: P.Shard | None = None, merge: bool = False) -> dict:
+    """All steps into ``cfg.out_dir``: features/, selection, tokens/, report.json, spectrum.png.
+
+    ``run.json`` records each finished step with its settings and input fingerprints; a step whose
     record still matches is skipped, so a re-run after an interruption redoes only what is missing.
+    Under torchrun every step is split over the ranks (rank 0 merges and writes run.json; the
+    output folder must be shared by the nodes). ``step`` runs one step only; with ``shard`` one
+    part of it (index, embed, select, tokenize: a Slurm array task), with ``merge`` the merge of
+    its parts (launch/curate-slurm.sh chains them).
     """
+    if step is not None and step not in STEPS:
+        raise UsageError(f"unknown step {step!r}; choose one of {', '.join(STEPS)}")
+    if (shard is not None or merge) and step in (None, "dedup", "report"):
+        raise UsageError("--shard and --merge apply to one step: add --step index|embed|select|tokenize")
+    env = P.env_shard()
+    if env is None:
+        return _run(cfg, step, shard, merge, None)
+    with P.Group(env) as group:
+        return _run(cfg, step, shard, merge, group)
+
+
+def _run(cfg: RunConfig, step: str | None, shard: P.Shard | None, merge: bool, group) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lead = group is None or group.shard.index == 0
     ledger_path = out / RUN_LEDGER
     ledger = _read_json(ledger_path) or {}
+    if group is not None:
+        group.barrier()  # every rank has read the ledger before rank 0 writes it
     ledger["config"] = dataclasses.asdict(cfg)
-
-    def done(step: str, key: dict, outputs: list[Path]) -> bool:
-        return ledger.get(step, {}).get("key") == key and all(p.exists() for p in outputs)
-
-    def finish(step: str, key: dict, summary: dict) -> None:
-        ledger[step] = {"key": key, "summary": summary}
-        atomic_write_json(ledger_path, ledger)
-
     feat_dir = out / "features"
-    emb = embed_corpus(cfg.inputs, feat_dir, encoder=cfg.embed.encoder, dim=cfg.embed.dim, batch_size=cfg.embed.batch_size,
-                       max_tokens=cfg.embed.max_tokens, text_field=cfg.text_field, domain_field=cfg.domain_field,
-                       id_field=cfg.id_field, domain_from_dir=cfg.domain_from_dir, max_doc_bytes=cfg.max_doc_bytes,
-                       workers=cfg.embed.workers, progress=cfg.progress)
-    finish("embed", {"ids_sha256": emb["ids_sha256"]}, {"n": emb["n"], "rejected": emb["rejected_total"]})
+    reader = dict(text_field=cfg.text_field, domain_field=cfg.domain_field, id_field=cfg.id_field,
+                  domain_from_dir=cfg.domain_from_dir, max_doc_bytes=cfg.max_doc_bytes)
 
-    # worker counts change speed, never output: they stay out of the keys that decide a re-run
-    sel_key = {"ids_sha256": emb["ids_sha256"], **_without_workers(cfg.select)}
-    sel_path = out / SELECTION
+    def wanted(name: str) -> bool:
+        return step is None or step == name
+
+    def done(name: str, key: dict, outputs: list[Path]) -> bool:
+        return ledger.get(name, {}).get("key") == key and all(p.exists() for p in outputs)
+
+    def finish(name: str, key: dict, summary: dict) -> None:
+        ledger[name] = {"key": key, "summary": summary}
+        if lead:
+            atomic_write_json(ledger_path, ledger)
+
+    result: dict = {"out_dir": str(out)}
+    if step == "index":
+        from data_select.table import index_corpus, merge_index
+
+        if merge:
+            return {"index": merge_index(feat_dir, progress=cfg.progress)}
+        return {"index": index_corpus(cfg.inputs, feat_dir, shard=shard, progress=cfg.progress, **reader)}
+    if wanted("embed"):
+        e = cfg.embed
+        if merge:
+            from data_select.embed import merge_features
+
+            return {"features": merge_features(feat_dir, progress=cfg.progress)}
+        emb = embed_corpus(cfg.inputs, feat_dir, encoder=e.encoder, dim=e.dim, batch_size=e.batch_size,
+                           max_tokens=e.max_tokens, workers=e.workers, shard=shard, progress=cfg.progress, **reader)
+        if shard is not None:
+            return {"features": emb}
+        finish("embed", {"features": emb["fingerprint"]}, {"n": emb["n"]})
+        result["features"] = {**emb, "encoder": load_features(feat_dir).meta["encoder"]}
+    if not wanted("embed") or step is None:
+        fingerprint = load_features(feat_dir).fingerprint
     record = _read_json(out / SELECT_META)
-    if not (done("select", sel_key, [sel_path]) and record and record["selection_sha256"] == sha256_file(sel_path)):
+    if step == "dedup":  # one task, between the embed merge and a split selection (launch/curate-slurm.sh)
         s = cfg.select
-        record = select_features(feat_dir, out, method=s.method, ratio=s.ratio, k_per_batch=s.k_per_batch,
-                                 batch_size=s.batch_size, seed=s.seed, dedup_threshold=s.dedup_threshold,
-                                 target=s.target, disf_variant=s.disf_variant, disf_processes=s.disf_processes,
-                                 workers=s.workers, progress=cfg.progress)
-        finish("select", sel_key, record["counts"])
+        if not s.method.startswith("dedup"):
+            return {"dedup": None}
+        from data_select.select import dedup_step
 
-    result = {"out_dir": str(out), "features": emb, "select": record}
-    if cfg.tokenize.enabled:
+        return {"dedup": dedup_step(feat_dir, out, threshold=s.dedup_threshold, nlist=s.nlist, seed=s.seed,
+                                    nprobe=s.nprobe if (s.nlist or load_features(feat_dir).n > FLAT_MAX) else None,
+                                    progress=cfg.progress)}
+    if wanted("select"):
+        s, t = cfg.select, cfg.tokenize
+        sel_key = {"features": fingerprint, **_without_workers(s),
+                   **({"tokenizer": t.tokenizer, "vocab_size": t.vocab_size} if s.tokens is not None else {})}
+        if s.method not in SHARDED_METHODS and (merge or shard is not None):
+            if merge or shard.index > 0:  # not split into parts: task 0 selects, the others and the merge have nothing to do
+                return {"select": record}
+            shard = None
+        if merge:
+            from data_select.select import merge_selection
+
+            return {"select": merge_selection(out, progress=cfg.progress)}
+        if shard is not None or not (done("select", sel_key, [out / SELECTION_ROWS]) and record):
+            record = select_features(feat_dir, out, method=s.method, ratio=s.ratio, k_per_batch=s.k_per_batch,
+                                     tokens=s.tokens, batch_size=s.batch_size, seed=s.seed,
+                                     dedup_threshold=s.dedup_threshold, nlist=s.nlist, nprobe=s.nprobe,
+                                     target=s.target, disf_variant=s.disf_variant, disf_processes=s.disf_processes,
+                                     tokenizer=t.tokenizer, vocab_size=t.vocab_size, shard=shard, workers=s.workers,
+                                     progress=cfg.progress)
+            if shard is not None:
+                return {"select": record}
+            finish("select", sel_key, record["counts"])
+        result["select"] = record
+    manifest_path = out / "tokens" / "manifest.json"
+    if cfg.tokenize.enabled and wanted("tokenize"):
+        from data_select.tokenize import merge_tokens, tokenize_corpus
+
         t = cfg.tokenize
+        if merge:
+            return {"tokens": merge_tokens(out / "tokens", progress=cfg.progress)}
         tok_key = {"selection_sha256": record["selection_sha256"], **_without_workers(t)}
-        manifest_path = out / "tokens" / "manifest.json"
         manifest = _read_json(manifest_path)
-        if not (done("tokenize", tok_key, [manifest_path]) and manifest
-                and manifest["fingerprint"] == ledger["tokenize"]["summary"]["fingerprint"]):
-            from data_select.tokenize import tokenize_corpus
-
+        if shard is not None or not (done("tokenize", tok_key, [manifest_path]) and manifest
+                                     and manifest["fingerprint"] == ledger["tokenize"]["summary"]["fingerprint"]):
             manifest = tokenize_corpus(cfg.inputs, out / "tokens", tokenizer=t.tokenizer, vocab_size=t.vocab_size,
-                                       val_fraction=t.val_fraction, seed=t.seed, selection=sel_path,
-                                       text_field=cfg.text_field, domain_field=cfg.domain_field, id_field=cfg.id_field,
+                                       val_fraction=t.val_fraction, seed=t.seed, selection=out,
                                        shard_tokens=t.shard_tokens, num_workers=t.workers, progress=cfg.progress,
-                                       max_doc_bytes=cfg.max_doc_bytes, domain_from_dir=cfg.domain_from_dir)
+                                       shard=shard, **reader)
+            if shard is not None:
+                return {"tokens": manifest}
             finish("tokenize", tok_key, {"fingerprint": manifest["fingerprint"],
                                          "train_tokens": manifest["splits"]["train"]["tokens"]})
         result["tokens"] = {"manifest": str(manifest_path), "fingerprint": manifest["fingerprint"],
                             "train_tokens": manifest["splits"]["train"]["tokens"]}
-    if cfg.report.enabled:
+    if cfg.report.enabled and wanted("report"):
         r = cfg.report
-        rep_key = {"selection_sha256": record["selection_sha256"], **dataclasses.asdict(r)}
+        tokenized = cfg.tokenize.enabled and manifest_path.is_file()
+        rep_key = {"selection_sha256": record["selection_sha256"], **dataclasses.asdict(r),
+                   "tokens": _read_json(manifest_path)["fingerprint"] if tokenized else None}
         if done("report", rep_key, [out / REPORT, out / SPECTRUM_PNG]):
             rep = _read_json(out / REPORT)
-        else:
-            rep = report(feat_dir, sel_path, out, top_k=r.top_k, sample=r.sample, seed=r.seed)
+        elif lead:
+            rep = report(feat_dir, out, out, top_k=r.top_k, sample=r.sample, seed=r.seed,
+                         manifest=manifest_path if tokenized else None)
             finish("report", rep_key, rep["accounting"])
+        if group is not None:
+            group.barrier()
+            rep = _read_json(out / REPORT)
         result["report"] = rep
     return result
-

@@ -48,12 +48,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 from tqdm.auto import tqdm
 
 from data_select.errors import CorruptInput, InputFileError, NoDocumentsError, SpecialFile, UnsupportedFormat
+from data_select.keyset import KeySet, digest, split_keys
 
 REASONS = (
     "unreadable",  # missing path, dangling symlink, symlink loop, permission denied, unlistable folder
@@ -70,6 +72,7 @@ REASONS = (
     "non_string_text",  # text field that is not a string
     "missing_id",  # id_field given but absent/empty in the record
     "duplicate_id",  # second and later occurrences of an id
+    "duplicate_content",  # same text as an earlier document (only when reading with dedup_content)
 )
 
 _GLOB_CHARS = set("*?[")
@@ -102,6 +105,9 @@ _UNSUPPORTED_MAGIC = (
 _SUPPORTED = "text, .jsonl/.ndjson/.json, .parquet, each optionally .gz/.zst/.bz2/.xz"
 
 
+KIND_RECORD, KIND_TEXT, KIND_PARQUET = 0, 1, 2  # how a document is stored: a JSON Lines record, a whole text file, a Parquet row
+
+
 @dataclass(slots=True)
 class Document:
     """One document: ``id`` is stable and unique across the inputs of one run.
@@ -123,29 +129,66 @@ class Document:
     offset: int = 0
     nbytes: int = 0
     record: int = 0
+    size: int = 0  # UTF-8 bytes of the text
+    kind: int = 0  # KIND_RECORD (a JSON Lines record), KIND_TEXT (a whole text file) or KIND_PARQUET (a row)
+    key: bytes = b""  # content key (keyset.digest of the UTF-8 text), set when reading with keys
+    id_key: bytes = b""  # keyset.digest of the id, set when reading with keys
 
 
 @dataclass
 class Rejections:
-    """Counts of rejected documents by reason, with a few examples each for the report."""
+    """Counts of rejected documents by reason, with the first few examples of each for the report.
+
+    Each example also remembers its position (index of the input file, record in it): the
+    rejections of runs over disjoint file ranges merge into exactly those of one run over all
+    files (:meth:`merge`), since the first examples of a reason are the first by position.
+    """
 
     max_examples: int = 3
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    positions: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    file: int = 0  # input file being read: the default position of an example
 
-    def add(self, reason: str, where: str, detail: str = "", count: int = 1) -> None:
+    def add(self, reason: str, where: str, detail: str = "", count: int = 1, *, record: int = 0,
+            file: int | None = None) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + count
         ex = self.examples.setdefault(reason, [])
         if len(ex) < self.max_examples:
             ex.append({"where": str(where), "detail": detail})
+            self.positions.setdefault(reason, []).append((self.file if file is None else int(file), int(record)))
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def to_dict(self) -> dict:
-        return {"total": self.total, "counts": dict(sorted(self.counts.items())),
-                "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+    def to_dict(self, positions: bool = False) -> dict:
+        """JSON form; ``positions=True`` keeps each example's position so that it can be merged."""
+        examples = {k: [dict(e, position=list(p)) if positions else dict(e)
+                        for e, p in zip(v, self.positions.get(k, []))] for k, v in sorted(self.examples.items())}
+        return {"total": self.total, "counts": dict(sorted(self.counts.items())), "examples": examples}
+
+    @classmethod
+    def from_dict(cls, data: dict, max_examples: int = 3) -> "Rejections":
+        """Inverse of ``to_dict(positions=True)``."""
+        rej = cls(max_examples=max_examples)
+        rej.counts = dict(data.get("counts", {}))
+        for reason, examples in data.get("examples", {}).items():
+            rej.examples[reason] = [{"where": e["where"], "detail": e["detail"]} for e in examples]
+            rej.positions[reason] = [tuple(e.get("position", (0, 0))) for e in examples]
+        return rej
+
+    def merge(self, other: "Rejections") -> None:
+        """Add ``other``'s counts; keep the first ``max_examples`` examples of each reason by position."""
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+        for reason, examples in other.examples.items():
+            both = list(zip(self.positions.get(reason, []), self.examples.get(reason, []))) + \
+                list(zip(other.positions.get(reason, []), examples))
+            both.sort(key=lambda pe: pe[0])
+            both = both[:self.max_examples]
+            self.positions[reason] = [p for p, _ in both]
+            self.examples[reason] = [e for _, e in both]
 
     def summary(self) -> str:
         if not self.counts:
@@ -615,6 +658,76 @@ def read_span(path: str | Path, offset: int, nbytes: int) -> bytes:
         return stream.read(nbytes)
 
 
+def read_texts_at(path: str | Path, kind: int, locations: Iterable[tuple[int, int, int]],
+                  text_field: str = "text") -> Iterator[str]:
+    """The texts of documents of one file, read again at their locations (``(offset, nbytes,
+    record)`` of :class:`Document`), in ascending order and in one pass over the file: one
+    ``pread`` per record of a plain file, a forward skip through a compressed stream, the row
+    groups that hold the rows of a Parquet file. Raises :class:`InputFileError` when the file
+    cannot be read or a record is no longer what the reader accepted (inputs changed)."""
+    path = Path(path)
+    if kind == KIND_PARQUET:
+        yield from _parquet_texts_at(path, locations, text_field)
+        return
+    stream, codec = open_decoded(path)
+    with stream:
+        pos = 0
+        for offset, length, _ in locations:
+            offset, length = int(offset), int(length)
+            if codec is None:
+                raw = os.pread(stream.fileno(), length, offset)
+            else:
+                if offset < pos:
+                    raise ValueError(f"{path}: locations must be read in ascending order")
+                left = offset - pos
+                while left > 0:
+                    got = len(stream.read(min(left, _READ_CHUNK)))
+                    if not got:
+                        break
+                    left -= got
+                raw = stream.read(length)
+                pos = offset + len(raw)
+            if len(raw) != length:
+                raise CorruptInput(f"{path}: {length} bytes expected at byte {offset}, got {len(raw)} (file changed?)")
+            yield _text_of(raw, kind, text_field, path, offset)
+
+
+def _text_of(raw: bytes, kind: int, text_field: str, path: Path, offset: int) -> str:
+    try:
+        if kind == KIND_TEXT:
+            return raw.decode("utf-8")
+        text = _field(json.loads(raw), text_field)
+    except (ValueError, RecursionError, AttributeError) as e:
+        raise CorruptInput(f"{path}: the record at byte {offset} no longer parses ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(text, str):
+        raise CorruptInput(f"{path}: the record at byte {offset} has no text field {text_field!r} any more")
+    return text
+
+
+def _parquet_texts_at(path: Path, locations: Iterable[tuple[int, int, int]], text_field: str) -> Iterator[str]:
+    with _open_regular(path) as fh:
+        pf = pq.ParquetFile(fh)
+        meta = pf.metadata
+        names = pf.schema_arrow.names
+        top = text_field if text_field in names else text_field.split(".")[0]
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        current, rows = -1, None
+        for g, _, record in locations:
+            g = int(g)
+            if g != current:
+                if not 0 <= g < meta.num_row_groups or top not in names:
+                    raise CorruptInput(f"{path}: no row group {g} with column {top!r} (file changed?)")
+                rows = pf.read_row_group(g, columns=[top]).column(top)
+                current = g
+            at = int(record) - int(starts[g])
+            if not 0 <= at < len(rows):
+                raise CorruptInput(f"{path}: no row {record} in row group {g} (file changed?)")
+            text = _field({top: rows[at].as_py()}, text_field)
+            if not isinstance(text, str):
+                raise CorruptInput(f"{path}: row {record} has no text field {text_field!r} any more")
+            yield text
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -695,65 +808,69 @@ def _field(rec: dict, path: str):
 
 
 class _Reader:
-    """State of one ``iter_documents`` call: option values, seen ids, rejections."""
+    """State of one ``iter_documents`` call: option values and rejections."""
 
-    def __init__(self, text_field, domain_field, id_field, max_doc_bytes, min_chars, rejections):
+    def __init__(self, text_field, domain_field, id_field, max_doc_bytes, min_chars, rejections, keys=False):
         self.text_field = text_field
         self.domain_field = domain_field
         self.id_field = id_field
         self.max_doc_bytes = max_doc_bytes
         self.min_chars = min_chars
         self.rej = rejections
-        self.seen: set[str] = set()
+        self.keys = keys
 
-    def check_text(self, text: str) -> tuple[str | None, int]:
-        """(reason the text is unusable or None, its UTF-8 length)."""
+    def check_text(self, text: str) -> tuple[str | None, bytes]:
+        """(reason the text is unusable or None, its UTF-8 bytes)."""
         if len(text) > self.max_doc_bytes:
-            return "too_large", len(text)
+            return "too_large", b""
         try:
-            nbytes = len(text.encode("utf-8"))
+            data = text.encode("utf-8")
         except UnicodeEncodeError:
-            return "invalid_utf8", 0
-        if nbytes > self.max_doc_bytes:
-            return "too_large", nbytes
+            return "invalid_utf8", b""
+        if len(data) > self.max_doc_bytes:
+            return "too_large", data
         stripped = len(text.strip())
         if stripped == 0:
-            return "empty", nbytes
+            return "empty", data
         if stripped < self.min_chars:
-            return "too_short", nbytes
-        return None, nbytes
+            return "too_short", data
+        return None, data
 
     def accept(self, doc: Document, where: str | None = None) -> bool:
-        """Count ``doc`` under its reason (at ``where``, default ``source:record``) or keep it."""
-        reason, nbytes = self.check_text(doc.text)
-        if reason is None and doc.id in self.seen:
-            reason = "duplicate_id"
+        """Count ``doc`` under its reason (at ``where``, default ``source:record``) or keep it.
+        Repeated ids and texts are judged later, a window of documents at a time (:func:`_unique`)."""
+        reason, data = self.check_text(doc.text)
         if reason is not None:
-            detail = {"duplicate_id": f"id={doc.id}", "invalid_utf8": "unpaired surrogate in the text",
-                      "too_large": f"{nbytes} bytes of text, over {self.max_doc_bytes}"}.get(reason, "")
-            self.rej.add(reason, where or f"{doc.source}:{doc.record}", detail)
+            detail = {"invalid_utf8": "unpaired surrogate in the text",
+                      "too_large": f"{max(len(doc.text), len(data))} bytes of text, over {self.max_doc_bytes}"}.get(reason, "")
+            self.rej.add(reason, where or f"{doc.source}:{doc.record}", detail, record=doc.record)
             return False
+        doc.size = len(data)
         if not doc.nbytes:
-            doc.nbytes = nbytes
-        self.seen.add(doc.id)
+            doc.nbytes = doc.size
+        if self.keys:
+            doc.key = digest(data)
         return True
 
     def record(self, rec, doc: Document) -> Document | None:
         """Fill ``doc`` (id, text, domain) from a JSON object / Parquet row, or count why not."""
         if not isinstance(rec, dict):
-            self.rej.add("malformed_json", f"{doc.source}:{doc.record}", f"expected a JSON object, got {type(rec).__name__}")
+            self.rej.add("malformed_json", f"{doc.source}:{doc.record}", f"expected a JSON object, got {type(rec).__name__}",
+                         record=doc.record)
             return None
         text = _field(rec, self.text_field)
         if text is _MISSING or text is None:
-            self.rej.add("missing_text", f"{doc.source}:{doc.record}", f"no field {self.text_field!r}")
+            self.rej.add("missing_text", f"{doc.source}:{doc.record}", f"no field {self.text_field!r}", record=doc.record)
             return None
         if not isinstance(text, str):
-            self.rej.add("non_string_text", f"{doc.source}:{doc.record}", f"field {self.text_field!r} is {type(text).__name__}")
+            self.rej.add("non_string_text", f"{doc.source}:{doc.record}", f"field {self.text_field!r} is {type(text).__name__}",
+                         record=doc.record)
             return None
         if self.id_field:
             raw_id = _field(rec, self.id_field)
             if raw_id is _MISSING or raw_id is None or raw_id == "" or isinstance(raw_id, (dict, list)):
-                self.rej.add("missing_id", f"{doc.source}:{doc.record}", f"no usable field {self.id_field!r}")
+                self.rej.add("missing_id", f"{doc.source}:{doc.record}", f"no usable field {self.id_field!r}",
+                             record=doc.record)
                 return None
             doc.id = str(raw_id)
         if self.domain_field:
@@ -783,7 +900,8 @@ def _read_text(r: _Reader, stream, rel: str, index: int, source: str) -> Iterato
     except UnicodeDecodeError as e:
         r.rej.add("invalid_utf8", source, f"{e.reason} at byte {e.start + bom}")
         return
-    doc = Document(id=rel, text=text, source=source, domain=None, file=index, offset=bom, nbytes=len(raw) - bom)
+    doc = Document(id=rel, text=text, source=source, domain=None, file=index, offset=bom, nbytes=len(raw) - bom,
+                   kind=KIND_TEXT)
     if r.accept(doc, source):
         yield doc
 
@@ -796,7 +914,7 @@ def _read_jsonl(r: _Reader, lines: Iterator, rel: str, index: int, source: str) 
         n += 1
         if line is None:
             records += 1
-            r.rej.add("too_large", f"{source}:{n}", f"line of {length} bytes, over {2 * r.max_doc_bytes}")
+            r.rej.add("too_large", f"{source}:{n}", f"line of {length} bytes, over {2 * r.max_doc_bytes}", record=n)
             continue
         if line.startswith(_BOM):
             line, offset, length = line[3:], offset + 3, length - 3
@@ -806,12 +924,13 @@ def _read_jsonl(r: _Reader, lines: Iterator, rel: str, index: int, source: str) 
         try:
             s = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            r.rej.add("invalid_utf8", f"{source}:{n}", f"{e.reason} at byte {e.start}")
+            r.rej.add("invalid_utf8", f"{source}:{n}", f"{e.reason} at byte {e.start}", record=n)
             continue
         try:
             rec = json.loads(s)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, 5,000-digit integers, deep nesting
-            r.rej.add("malformed_json", f"{source}:{n}", f"byte offset {offset}: {type(e).__name__}: {str(e)[:200]}")
+            r.rej.add("malformed_json", f"{source}:{n}", f"byte offset {offset}: {type(e).__name__}: {str(e)[:200]}",
+                      record=n)
             continue
         doc = Document(id=f"{rel}:{n}", text="", source=source, domain=None, file=index, offset=offset,
                        nbytes=length, record=n)
@@ -938,13 +1057,13 @@ def _read_parquet(r: _Reader, fh, rel: str, index: int, source: str) -> Iterator
             col = meta.row_group(g).column(text_leaf)
             if col.total_uncompressed_size > page_limit and _largest_page(fh, col) > page_limit:
                 r.rej.add("too_large", f"{source}:{row}", f"row group {g}: a page of field {r.text_field!r} "
-                          f"inflates past {page_limit} bytes ({rows} rows not decoded)", count=rows)
+                          f"inflates past {page_limit} bytes ({rows} rows not decoded)", count=rows, record=row)
                 row += rows
                 continue
         for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[g], columns=cols or None):
             for rec in batch.to_pylist():
                 doc = Document(id=f"{rel}:{row}", text="", source=source, domain=None, file=index, offset=g,
-                               record=row)
+                               record=row, kind=KIND_PARQUET)
                 if r.record(rec, doc) is not None:
                     yield doc
                 row += 1
@@ -958,15 +1077,26 @@ def _looks_like_jsonl(stream) -> bool:
     return head.startswith(b"{") and (len(first) == 1 or first[0].rstrip().endswith(b"}"))
 
 
+def file_format(path: Path, stream, codec: str | None) -> str:
+    """``parquet``, ``jsonl`` or ``text``: how the reader reads the file open as ``stream``
+    (:func:`open_decoded`), from its name and content."""
+    name = _split_name(path.name)[1]
+    if codec is None and stream.peek(4)[:4] == b"PAR1":
+        return "parquet"
+    if name.endswith(".parquet"):
+        raise CorruptInput("no PAR1 magic: not a Parquet file")
+    if name.endswith((".jsonl", ".ndjson")) or name.endswith(".json") and _looks_like_jsonl(stream):
+        return "jsonl"
+    return "text"
+
+
 def _read_file(r: _Reader, path: Path, rel: str, index: int, source: str) -> Iterator[Document]:
     stream, codec = open_decoded(path)
     with stream:
-        name = _split_name(path.name)[1]
-        if codec is None and stream.peek(4)[:4] == b"PAR1":
+        kind = file_format(path, stream, codec)
+        if kind == "parquet":
             yield from _read_parquet(r, stream, rel, index, source)
-        elif name.endswith(".parquet"):
-            raise CorruptInput("no PAR1 magic: not a Parquet file")
-        elif name.endswith((".jsonl", ".ndjson")) or name.endswith(".json") and _looks_like_jsonl(stream):
+        elif kind == "jsonl":
             yield from _read_jsonl(r, _lines(stream, 2 * r.max_doc_bytes), rel, index, source)
         elif codec is None and os.fstat(stream.fileno()).st_size > r.max_doc_bytes:
             r.rej.add("too_large", source, f"{os.fstat(stream.fileno()).st_size} bytes")
@@ -974,50 +1104,122 @@ def _read_file(r: _Reader, path: Path, rel: str, index: int, source: str) -> Ite
             yield from _read_text(r, stream, rel, index, source)
 
 
+def ids_may_repeat(listing: list[InputFile], id_field: str | None) -> bool:
+    """Whether two documents of ``listing`` can share an id. Ids from an ``id_field`` can; the
+    reader's own ids (``rel`` of a text file, ``rel:n`` of a record) are unique, since listed
+    files have distinct relative paths, unless a file is named like a record of another file
+    (``a.jsonl:3`` next to ``a.jsonl``). When they cannot, no set of ids is kept."""
+    if id_field:
+        return True
+    rels = {f.rel for f in listing}
+    return any(m and m.group(1) in rels for m in (re.match(r"^(.+):\d+$", r) for r in rels))
+
+
+_WINDOW_DOCS = 1024  # documents judged for repeated ids/texts at once
+_WINDOW_BYTES = 16 << 20  # ... or fewer, when their texts add up to this
+
+
+def _unique(docs: Iterator[Document], rej: Rejections, dedup: bool, dedup_content: bool,
+            keys: bool) -> Iterator[Document]:
+    """``docs`` minus later repeats of an id (``duplicate_id``) and, with ``dedup_content``, of a
+    text (``duplicate_content``), judged a window at a time against :class:`KeySet` s of every
+    earlier document: 16 bytes per id and per text instead of a Python object per document.
+
+    Every document that passed the text checks adds its id and its text to the sets, whatever
+    the verdict, so a verdict depends only on the documents before it in reading order (which is
+    what lets runs over disjoint file ranges merge into the result of one run)."""
+    ids, texts = KeySet(), KeySet()
+    window: list[Document] = []
+    size = 0
+
+    def flush() -> Iterator[Document]:
+        id_keys = [digest(d.id.encode("utf-8", "surrogatepass")) for d in window]
+        no = np.zeros(len(window), dtype=bool)
+        dup_id = ids.check_add(*split_keys(b"".join(id_keys))) if dedup else no
+        dup_text = texts.check_add(*split_keys(b"".join(d.key for d in window))) if dedup_content else no
+        for doc, key, di, dt in zip(window, id_keys, dup_id, dup_text):
+            where = doc.source if doc.kind == KIND_TEXT else f"{doc.source}:{doc.record}"
+            if di:
+                rej.add("duplicate_id", where, f"id={doc.id}", record=doc.record, file=doc.file)
+            elif dt:
+                rej.add("duplicate_content", where, "same text as an earlier document", record=doc.record, file=doc.file)
+            else:
+                if keys:
+                    doc.id_key = key
+                yield doc
+        window.clear()
+
+    for doc in docs:
+        window.append(doc)
+        size += doc.size
+        if len(window) >= _WINDOW_DOCS or size >= _WINDOW_BYTES:
+            yield from flush()
+            size = 0
+    if window:
+        yield from flush()
+
+
 def iter_documents(inputs: list[str | Path], *, text_field: str = "text", domain_field: str | None = "domain",
                    id_field: str | None = None, max_doc_bytes: int = 8_000_000, min_chars: int = 1,
                    rejections: Rejections | None = None, progress: bool = False,
-                   domain_from_dir: bool = False) -> Iterator[Document]:
+                   domain_from_dir: bool = False, dedup: bool = True, dedup_content: bool = False, keys: bool = False,
+                   files: Iterable[int] | None = None, require_documents: bool = True) -> Iterator[Document]:
     """Yield every usable document of ``inputs``; count every unusable one in ``rejections``.
 
     Ids: a text file's path relative to its input root (the common folder of all inputs when there
     are several); ``"<relpath>:<n>"`` for records (JSONL
     1-based line number, Parquet 0-based row) unless ``id_field`` names a field. Later duplicates
-    of an id are rejected. ``domain_from_dir`` sets the domain of records without one to the first
-    directory component of the file's relative path. Raises :class:`NoDocumentsError` (after
-    reading everything) when nothing usable was found.
+    of an id are rejected (unless ``dedup`` is False), and with ``dedup_content`` later duplicates
+    of a text (``duplicate_content``). ``keys`` fills ``Document.key`` / ``id_key``. ``domain_from_dir``
+    sets the domain of records without one to the first directory component of the file's
+    relative path. ``files`` reads only those indices of :func:`list_files` (a part of a sharded
+    run; ids and positions stay those of the whole listing). Raises :class:`NoDocumentsError`
+    (after reading everything) when nothing usable was found, unless ``require_documents`` is False.
     """
     rej = rejections if rejections is not None else Rejections()
     if max_doc_bytes < 1:
         raise ValueError(f"max_doc_bytes must be positive, got {max_doc_bytes}")
-    r = _Reader(text_field, domain_field, id_field, max_doc_bytes, min_chars, rej)
-    files = scan_inputs(inputs)
+    r = _Reader(text_field, domain_field, id_field, max_doc_bytes, min_chars, rej, keys=keys or dedup_content)
+    listing = scan_inputs(inputs)
+    chosen = range(len(listing)) if files is None else sorted(set(files))
     yielded = 0
-    bar = tqdm(files, desc="reading", unit="file", disable=not progress)
-    for index, f in enumerate(bar):
+    dedup = dedup and ids_may_repeat(listing, id_field)
+    for doc in _unique(_valid_documents(r, listing, chosen, domain_from_dir, progress), rej, dedup, dedup_content, keys):
+        yielded += 1
+        yield doc
+    if yielded == 0 and require_documents:
+        shown = ", ".join(str(i) for i in (inputs if not isinstance(inputs, (str, Path)) else [inputs]))
+        raise NoDocumentsError(
+            f"no usable document in {shown} ({len(listing)} files; rejected: {rej.summary()})")
+
+
+def _valid_documents(r: _Reader, listing: list[InputFile], chosen: Iterable[int], domain_from_dir: bool,
+                     progress: bool) -> Iterator[Document]:
+    """Every document that passes the per-record checks, in reading order."""
+    rej = r.rej
+    bar = tqdm(chosen, desc="reading", unit="file", disable=not progress)
+    for index in bar:
+        f = listing[index]
+        rej.file = index
         source = str(f.path)
         if f.problem is not None:
             rej.add(f.problem[0], source, f.problem[1])
             continue
-        n_before = yielded
+        n = 0
         try:
             rel = f.rel
             for doc in _read_file(r, f.path, rel, index, source):
                 if domain_from_dir and doc.domain is None:
                     doc.domain = _dir_domain(rel)
-                yielded += 1
+                n += 1
                 yield doc
         except InputFileError as e:
-            done = f" (after {yielded - n_before} documents)" if e.reason == "corrupt" else ""
+            done = f" (after {n} documents)" if e.reason == "corrupt" else ""
             rej.add(e.reason, source, f"{e}{done}")
         except (pa.ArrowException, EOFError) as e:
-            rej.add("corrupt", source, f"{type(e).__name__}: {e} (after {yielded - n_before} documents)")
+            rej.add("corrupt", source, f"{type(e).__name__}: {e} (after {n} documents)")
         except OSError as e:
             rej.add("unreadable", source, f"{type(e).__name__}: {e.strerror or e}")
         except Exception as e:  # noqa: BLE001 - a library failing on odd bytes must cost the file, not the run
-            rej.add("corrupt", source, f"{type(e).__name__}: {str(e)[:200]} (after {yielded - n_before} documents)")
+            rej.add("corrupt", source, f"{type(e).__name__}: {str(e)[:200]} (after {n} documents)")
     bar.close()
-    if yielded == 0:
-        shown = ", ".join(str(i) for i in (inputs if not isinstance(inputs, (str, Path)) else [inputs]))
-        raise NoDocumentsError(
-            f"no usable document in {shown} ({len(files)} files; rejected: {rej.summary()})")

@@ -89,3 +89,28 @@ def test_compose_maps_back_to_pool():
     assert baselines.compose(pool, np.array([0, 3])).tolist() == [5, 21]
     with pytest.raises(baselines.BaselineError):
         baselines.compose(pool, np.array([4]))
+
+
+def test_dedup_switches_to_ivf_lists_above_the_flat_size(monkeypatch):
+    """Above FLAT_MAX rows dedup works list by list (IVF, default 2·sqrt(n) lists); the planted
+    near-copies are still found, and the result does not depend on the block size."""
+    import faiss
+
+    trained = []
+    real = faiss.Kmeans
+
+    def spy(d, k, **kw):
+        trained.append(k)
+        return real(d, k, **kw)
+
+    monkeypatch.setattr(faiss, "Kmeans", spy)
+    monkeypatch.setattr(baselines, "FLAT_MAX", 300)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(900, 24)).astype(np.float32)
+    x[600:640] = x[100:140] * 3 + 0.01 * rng.normal(size=(40, 24))
+    keep, dup_of = baselines.dedup(x, threshold=0.95, batch_size=64)
+    assert trained == [baselines.default_nlist(900)] == [60]
+    assert set(np.flatnonzero(dup_of >= 0)) == set(range(600, 640)) and (dup_of[600:640] == np.arange(100, 140)).all()
+    assert np.array_equal(baselines.dedup(x, threshold=0.95, batch_size=7)[1], dup_of)
+    monkeypatch.setattr(baselines, "FLAT_MAX", 10_000)
+    assert np.array_equal(baselines.dedup(x, threshold=0.95)[1], dup_of) and trained == [60, 60]  # exact: no lists

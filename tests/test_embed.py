@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data_select.embed import (FEATURES, IDS, META, EmbedError, HashingEncoder, embed_corpus, get_encoder,
-                               load_features, merge_shards, minilm_path)
+from data_select.embed import (FEATURES, META, PROGRESS, EmbedError, HashingEncoder, embed_corpus, get_encoder,
+                               load_features, merge_features, minilm_path)
+from data_select.errors import DataSelectError
 
 torch.set_num_threads(1)
 DOMAINS = ("code", "law", "bio")
@@ -87,19 +89,34 @@ def test_unknown_encoder_is_a_clear_error(tmp_path):
 
 
 def test_embed_corpus_writes_rows_in_document_order(corpus, tmp_path):
-    meta = embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=32, batch_size=8, progress=False)
-    feats, ids, meta2 = load_features(tmp_path / "f")
-    assert meta == meta2 and meta["status"] == "complete"
-    assert feats.shape == (120, 32) and len(ids) == 120
-    assert meta["rejected_total"] == 2 and meta["rejected"]["counts"] == {"empty": 1, "malformed_json": 1}
-    assert [r["domain"] for r in ids[:3]] == list(DOMAINS)
+    done = embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=32, batch_size=8, progress=False)
+    f = load_features(tmp_path / "f")
+    assert f.done == done and (f.n, f.dim) == (120, 32) and f.table.n == 120
+    assert f.table.rejected.counts == {"empty": 1, "malformed_json": 1}
+    assert f.table.domain_names(f.table.column("domain", np.arange(3))) == list(DOMAINS)
     texts = [json.loads(line)["text"] for line in open(corpus).readlines()[:120]]
-    np.testing.assert_allclose(feats, HashingEncoder(32).encode(texts), atol=1e-6)
-    assert [r["n_chars"] for r in ids] == [len(t) for t in texts]
+    np.testing.assert_allclose(f.matrix[:], HashingEncoder(32).encode(texts), atol=1e-6)
+    assert f.table.column("chars").tolist() == [len(t) for t in texts]
+    assert f.table.column("bytes").tolist() == [len(t.encode()) for t in texts]
+    assert f.table.ids(np.array([2, 0])) == [f"{corpus.name}:3", f"{corpus.name}:1"]
+    assert [t for _, t in f.table.texts(np.array([0, 5, 119]))] == [texts[0], texts[5], texts[119]]
+
+
+def test_feature_matrix_reads_rows_on_demand(corpus, tmp_path):
+    embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=16, progress=False)
+    m = load_features(tmp_path / "f").matrix
+    whole = np.fromfile(tmp_path / "f" / FEATURES, dtype=np.float32).reshape(120, 16)
+    rows = np.array([7, 3, 3, 119, 0, 4, 5])
+    np.testing.assert_array_equal(m[rows], whole[rows])
+    np.testing.assert_array_equal(m[10:20], whole[10:20])
+    np.testing.assert_array_equal(m[-1], whole[-1])
+    assert m[np.array([], dtype=np.int64)].shape == (0, 16)
+    with pytest.raises(IndexError):
+        m[np.array([120])]
 
 
 def test_resume_after_interruption_equals_uninterrupted(corpus, tmp_path):
-    kw = dict(encoder="hashing", dim=16, batch_size=4, commit_every=2, progress=False)
+    kw = dict(encoder="hashing", dim=16, batch_size=4, commit_every=2, commit_seconds=0, progress=False)
     full = embed_corpus([corpus], tmp_path / "full", **kw)
 
     class Stop(Exception):
@@ -111,22 +128,20 @@ def test_resume_after_interruption_equals_uninterrupted(corpus, tmp_path):
 
     with pytest.raises(Stop):
         embed_corpus([corpus], tmp_path / "part", on_commit=stop_after_three_commits, **kw)
-    meta = json.loads((tmp_path / "part" / META).read_text())
-    assert meta["status"] == "partial" and meta["rows_done"] == 24
-    with pytest.raises(EmbedError, match="partial"):
+    assert json.loads((tmp_path / "part" / PROGRESS).read_text()) == {"rows": 24}
+    with pytest.raises(EmbedError, match="unfinished"):
         load_features(tmp_path / "part")
     # A crash mid-window leaves uncommitted bytes: the resume must drop them.
     with open(tmp_path / "part" / FEATURES, "ab") as f:
         f.write(b"\x01" * 100)
-    with open(tmp_path / "part" / IDS, "a") as f:
-        f.write('{"id": "half-written')
+    with open(tmp_path / "part" / "table" / "ids.bin", "ab") as f:
+        f.write(b"half-written")
     seen = []
     resumed = embed_corpus([corpus], tmp_path / "part", on_commit=seen.append, **kw)
     assert seen[0] == 32  # continued after the last commit, not from zero
-    a, ids_a, _ = load_features(tmp_path / "full")
-    b, ids_b, _ = load_features(tmp_path / "part")
-    np.testing.assert_array_equal(a, b)
-    assert ids_a == ids_b and resumed["ids_sha256"] == full["ids_sha256"]
+    a, b = load_features(tmp_path / "full"), load_features(tmp_path / "part")
+    np.testing.assert_array_equal(a.matrix[:], b.matrix[:])
+    assert resumed == full and a.table.fingerprint == b.table.fingerprint
     # A complete run with the same settings is reused as is.
     assert embed_corpus([corpus], tmp_path / "part", on_commit=seen.append, **kw) == resumed
     assert seen[-1] == 120
@@ -136,22 +151,28 @@ def test_other_settings_refused_unless_overwrite(corpus, tmp_path):
     embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=16, progress=False)
     with pytest.raises(EmbedError, match="hashing-16.*hashing-8"):
         embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=8, progress=False)
-    meta = embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=8, overwrite=True, progress=False)
-    assert load_features(tmp_path / "f")[0].shape == (120, 8) and meta["dim"] == 8
+    with pytest.raises(DataSelectError, match="text_field='text'.*text_field='body'"):
+        embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=16, text_field="body", progress=False)
+    done = embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=8, overwrite=True, progress=False)
+    assert load_features(tmp_path / "f").matrix.shape == (120, 8) and done["dim"] == 8
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / META).write_text(json.dumps({"format": "budgetlm-features/1", "n": 3}))
+    with pytest.raises(EmbedError, match="older format.*--overwrite"):
+        load_features(old)
+    with pytest.raises(EmbedError, match="older format"):
+        embed_corpus([corpus], old, encoder="hashing", dim=8, progress=False)
+    assert embed_corpus([corpus], old, encoder="hashing", dim=8, overwrite=True, progress=False)["n"] == 120
 
 
 def test_corrupted_features_are_detected(corpus, tmp_path):
     d = tmp_path / "f"
     embed_corpus([corpus], d, encoder="hashing", dim=16, progress=False)
-    good_ids = (d / IDS).read_bytes()
-    lines = good_ids.decode().splitlines(keepends=True)
-    (d / IDS).write_text("".join(lines[:-1]))  # a row lost
-    with pytest.raises(EmbedError, match="checksum"):
+    ids = (d / "table" / "ids.bin").read_bytes()
+    (d / "table" / "ids.bin").write_bytes(ids[:-1])  # a byte lost
+    with pytest.raises(DataSelectError, match="ids.bin.*DONE.json says"):
         load_features(d)
-    (d / IDS).write_text("".join([lines[1], lines[0], *lines[2:]]))  # same count, rows swapped
-    with pytest.raises(EmbedError, match="checksum"):
-        load_features(d)
-    (d / IDS).write_bytes(good_ids)
+    (d / "table" / "ids.bin").write_bytes(ids)
     with open(d / FEATURES, "ab") as f:
         f.truncate(os.path.getsize(d / FEATURES) - 4)
     with pytest.raises(EmbedError, match="expected n\\*dim\\*4"):
@@ -163,52 +184,61 @@ def test_corrupted_features_are_detected(corpus, tmp_path):
         load_features(tmp_path / "nothing-here")
 
 
-def test_shards_merge_to_the_single_process_result(corpus, tmp_path):
+def test_parts_merge_to_the_single_process_result(corpus, tmp_path, monkeypatch):
+    from data_select.parts import PartError, Shard
+    from data_select.table import index_corpus, merge_index
+
     kw = dict(encoder="hashing", dim=16, batch_size=8, progress=False)
-    embed_corpus([corpus], tmp_path / "one", **kw)
-    with pytest.raises(EmbedError, match="no rank-NNNNN"):
-        merge_shards(tmp_path / "sharded", progress=False)
-    for rank in range(3):
-        shard = embed_corpus([corpus], tmp_path / "sharded", rank=rank, world_size=3, **kw)
-        assert shard["n"] == 40 and (tmp_path / "sharded" / f"rank-{rank:05d}").is_dir()
-    merged = merge_shards(tmp_path / "sharded", progress=False)
-    a, ids_a, meta_a = load_features(tmp_path / "one")
-    b, ids_b, meta_b = load_features(tmp_path / "sharded")
-    np.testing.assert_array_equal(a, b)
-    assert ids_a == ids_b and merged["ids_sha256"] == meta_a["ids_sha256"]
-    assert meta_b["rejected"] == meta_a["rejected"] and meta_b["merged_from"] == 3
+    make_corpus(tmp_path / "b.jsonl", n=30, seed=1)
+    inputs = [corpus, tmp_path / "b.jsonl"]
+    embed_corpus(inputs, tmp_path / "one", **kw)
+    with pytest.raises(PartError, match="no embed parts"):
+        merge_features(tmp_path / "one", progress=False)
+    for i in range(3):
+        index_corpus(inputs, tmp_path / "sharded", shard=Shard(i, 3), progress=False)
+    merge_index(tmp_path / "sharded", progress=False)
+    # whole files, balanced by bytes: corpus.jsonl (~25 KB) falls to part 1, b.jsonl (~6 KB) to part 2;
+    # a part opens no input file of another part
+    from data_select import sources
+
+    opened, real = [], sources.open_decoded
+    monkeypatch.setattr(sources, "open_decoded", lambda path: opened.append(Path(path).name) or real(path))
+    rows = []
+    for i in range(3):
+        opened.clear()
+        rows.append(embed_corpus(inputs, tmp_path / "sharded", shard=Shard(i, 3), **kw)["rows"])
+        assert set(opened) == [set(), {"corpus.jsonl"}, {"b.jsonl"}][i]
+    assert rows == [[0, 0], [0, 120], [120, 150]]
+    merged = merge_features(tmp_path / "sharded", progress=False)
+    one = tmp_path / "one"
+    assert merged == json.loads((one / "DONE.json").read_text())
+    for name in ("features.f32", "features.json", "table/DONE.json", "table/ids.bin", "table/key.bin"):
+        assert (one / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes(), name
 
 
-def test_merge_refuses_missing_or_partial_shards(corpus, tmp_path):
-    kw = dict(encoder="hashing", dim=16, batch_size=4, commit_every=1, progress=False)
-    embed_corpus([corpus], tmp_path / "s", rank=0, world_size=2, **kw)
-    with pytest.raises(EmbedError, match="expected ranks 0..1"):
-        merge_shards(tmp_path / "s", progress=False)
+def test_merge_refuses_missing_unfinished_or_foreign_parts(corpus, tmp_path):
+    from data_select.parts import PartError, Shard
+    from data_select.table import index_corpus, merge_index
+
+    make_corpus(tmp_path / "b.jsonl", n=30, seed=1)
+    inputs = [corpus, tmp_path / "b.jsonl"]
+    index_corpus(inputs, tmp_path / "s", shard=Shard(0, 2), progress=False)
+    with pytest.raises(PartError, match="parts 1/2 are missing"):
+        merge_index(tmp_path / "s", progress=False)
+    index_corpus(inputs, tmp_path / "s", shard=Shard(1, 2), text_field="body", progress=False)
+    with pytest.raises(PartError, match="different runs.*text_field='text'.*text_field='body'"):
+        merge_index(tmp_path / "s", progress=False)
+    index_corpus(inputs, tmp_path / "s", shard=Shard(1, 2), progress=False)  # redone with this run's settings
+    merge_index(tmp_path / "s", progress=False)
+    kw = dict(encoder="hashing", dim=16, batch_size=4, commit_every=1, commit_seconds=0, progress=False)
+    embed_corpus(inputs, tmp_path / "s", shard=Shard(0, 2), **kw)
 
     def crash(rows):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        embed_corpus([corpus], tmp_path / "s", rank=1, world_size=2, on_commit=crash, **kw)
-    with pytest.raises(EmbedError, match="partial"):
-        merge_shards(tmp_path / "s", progress=False)
-
-
-@pytest.mark.slow
-def test_torchrun_shards_and_merges(corpus, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    embed_corpus([corpus], tmp_path / "one", encoder="hashing", dim=16, progress=False)
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "data_select", "embed", str(corpus), "--out", str(tmp_path / "tr"), "--encoder", "hashing",
-           "--dim", "16", "--no-progress"]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a, ids_a, _ = load_features(tmp_path / "one")
-    b, ids_b, meta = load_features(tmp_path / "tr")
-    np.testing.assert_array_equal(a, b)
-    assert ids_a == ids_b and meta["merged_from"] == 2
+        embed_corpus(inputs, tmp_path / "s", shard=Shard(1, 2), on_commit=crash, **kw)
+    with pytest.raises(PartError, match="1/2 has no completion marker"):
+        merge_features(tmp_path / "s", progress=False)
+    embed_corpus(inputs, tmp_path / "s", shard=Shard(1, 2), **kw)  # resumed, then marked
+    assert merge_features(tmp_path / "s", progress=False)["n"] == 150

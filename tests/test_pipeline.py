@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from data_select.cli import main
-from data_select.errors import UsageError
+from data_select.errors import DataSelectError, UsageError
 from data_select.pipeline import (PipelineError, load_run_config, report, run, select_features,
                                   selection_size)
 
@@ -121,16 +122,20 @@ def test_changed_selection_redoes_later_steps(tmp_path):
     assert "tokens" not in second
 
 
-def test_dedup_is_its_own_bucket(tmp_path):
+def test_exact_copies_are_dropped_at_embed_and_near_copies_are_their_own_bucket(tmp_path):
     corpus = tmp_path / "dups.jsonl"
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(sum(DOMAINS.values(), []), size=40)) for _ in range(60)]
+    near = [t + " extra" for t in texts[:10]]  # cosine ~0.99 to their originals (hashing, 32-d)
     with open(corpus, "w") as f:
-        for t in texts + texts[:10]:  # ten exact copies under new ids
+        for t in texts + near + texts[10:15]:  # then five exact copies under new ids
             f.write(json.dumps({"text": t, "domain": "mix"}) + "\n")
-    from data_select.embed import embed_corpus
+    from data_select.embed import embed_corpus, load_features
 
     embed_corpus([corpus], tmp_path / "f", encoder="hashing", dim=32, progress=False)
+    table = load_features(tmp_path / "f").table
+    assert table.n == 70 and table.rejected.counts == {"duplicate_content": 5}  # never embedded
+    assert [e["where"] for e in table.rejected.examples["duplicate_content"]] == [f"{corpus}:{i}" for i in (71, 72, 73)]
     rec = select_features(tmp_path / "f", tmp_path / "sel", method="dedup+disf", ratio=0.5, batch_size=20, progress=False)
     c = rec["counts"]
     assert c["deduplicated"] == 10 and c["input"] == 70
@@ -138,12 +143,14 @@ def test_dedup_is_its_own_bucket(tmp_path):
     dups = [json.loads(line) for line in (tmp_path / "sel" / "deduplicated.jsonl").read_text().splitlines()]
     assert sorted(d["row"] for d in dups) == list(range(60, 70))
     assert all(d["duplicate_of"] == f"dups.jsonl:{d['row'] - 60 + 1}" for d in dups)
-    selected_rows = {json.loads(line)["row"] for line in (tmp_path / "sel" / "selection.jsonl").read_text().splitlines()}
+    assert np.load(tmp_path / "sel" / "deduplicated.npy").tolist() == [[r, r - 60] for r in range(60, 70)]
+    selected_rows = set(np.load(tmp_path / "sel" / "selection.npy").tolist())
     assert not selected_rows & set(range(60, 70))
     rep = report(tmp_path / "f", tmp_path / "sel" / "selection.jsonl", tmp_path / "rep", top_k=3)
     acc = rep["accounting"]
-    assert (acc["selected"], acc["deduplicated"], acc["rejected"]["total"]) == (c["selected"], 10, 0)
-    assert acc["selected"] + acc["not_selected"] + acc["deduplicated"] == 70
+    assert (acc["selected"], acc["deduplicated"], acc["rejected"]["total"]) == (c["selected"], 10, 5)
+    assert acc["selected"] + acc["not_selected"] + acc["deduplicated"] + 5 == acc["input_documents"] == 75
+    assert acc["rejected"]["by_reason"] == {"duplicate_content": 5}
     assert rep["domains"]["mix"]["deduplicated"] == 10
     # dedup+random: as many files as DiSF picks from the whole pool, at random among the survivors
     rec = select_features(tmp_path / "f", tmp_path / "dr", method="dedup+random", ratio=0.5, batch_size=20, seed=3,
@@ -155,6 +162,21 @@ def test_dedup_is_its_own_bucket(tmp_path):
     again = select_features(tmp_path / "f", tmp_path / "dr2", method="dedup+random", ratio=0.5, batch_size=20, seed=3,
                             progress=False)
     assert again["selection_sha256"] == rec["selection_sha256"]
+
+
+def test_dedup_ivf_lists_and_probes_come_from_the_cli_and_the_yaml(pipeline_run, tmp_path, monkeypatch):
+    from data_select import baselines
+
+    tmp, _, cfg, _ = pipeline_run
+    seen, real = [], baselines.dedup
+    monkeypatch.setattr(baselines, "dedup", lambda *a, **k: seen.append((k.get("nlist"), k.get("nprobe"))) or real(*a, **k))
+    assert main(["select", "--features", str(Path(cfg.out_dir) / "features"), "--out", str(tmp_path / "s"),
+                 "--method", "dedup+random", "--nlist", "6", "--nprobe", "3", "--no-progress"]) == 0
+    assert seen == [(6, 3)]
+    path = write_config(tmp_path, tmp / "corpus", select={"method": "dedup", "nlist": 5, "nprobe": 2})
+    assert main(["run", str(path), "tokenize.enabled=false"]) == 0
+    assert seen == [(6, 3), (5, 2)]
+    assert json.loads((tmp_path / "out" / "select.json").read_text())["params"]["nlist"] == 5
 
 
 def test_dsir_towards_a_domain(pipeline_run, tmp_path):
@@ -223,18 +245,41 @@ def test_cli_run_with_overrides(tmp_path, capsys):
     assert "unknown config key select.nope" in capsys.readouterr().err
 
 
-def test_cli_embed_merge_step(tmp_path, capsys):
-    from data_select.embed import EmbedError, embed_corpus, load_features
+def test_cli_shards_and_merges_equal_one_process(tmp_path, capsys):
+    """index, embed and select as 2 independent --shard tasks + merges (a Slurm array) give the
+    bytes of one process; unfinished or foreign parts are refused before any merging."""
+    from data_select.embed import load_features
 
     make_corpus(tmp_path / "corpus")
-    for rank in range(2):
-        embed_corpus([tmp_path / "corpus"], tmp_path / "f", encoder="hashing", dim=8, rank=rank, world_size=2,
-                     progress=False)
-    with pytest.raises(EmbedError, match="no features.json"):
-        load_features(tmp_path / "f")
-    assert main(["embed", "--out", str(tmp_path / "f"), "--merge", "--no-progress"]) == 0
+    corpus, one, two = str(tmp_path / "corpus"), str(tmp_path / "one"), str(tmp_path / "two")
+    emb = ["--encoder", "hashing", "--dim", "8", "--no-progress"]
+    assert main(["embed", corpus, "--out", one, *emb]) == 0
     assert "embedded 346 documents" in capsys.readouterr().out
-    assert load_features(tmp_path / "f")[0].shape == (346, 8)
+    assert main(["embed", corpus, "--out", two, "--shard", "0/2", *emb]) == 2
+    assert "needs the document table" in capsys.readouterr().err
+    for i in range(2):
+        assert main(["index", corpus, "--out", two, "--shard", f"{i}/2", "--no-progress"]) == 0
+    assert main(["index", "--out", two, "--merge", "--no-progress"]) == 0
+    assert "indexed 346 documents" in capsys.readouterr().out
+    assert main(["embed", corpus, "--out", two, "--shard", "1/2", *emb]) == 0
+    assert main(["embed", corpus, "--out", two, "--merge", "--no-progress"]) == 2
+    assert "parts 0/2 are missing" in capsys.readouterr().err
+    assert main(["embed", corpus, "--out", two, "--shard", "0/2", *emb]) == 0
+    assert main(["embed", corpus, "--out", two, "--merge", "--no-progress"]) == 0
+    assert "embedded 346 documents" in capsys.readouterr().out
+    for name in ("features.f32", "DONE.json", "features.json", "table/ids.bin", "table/key.bin", "table/DONE.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    sel = ["--method", "disf", "--k-per-batch", "4", "--batch-size", "32", "--no-progress"]
+    assert main(["select", "--features", one, "--out", str(tmp_path / "s1"), *sel]) == 0
+    for i in range(2):
+        assert main(["select", "--features", two, "--out", str(tmp_path / "s2"), "--shard", f"{i}/2", *sel]) == 0
+    assert main(["select", "--out", str(tmp_path / "s2"), "--merge", "--no-progress"]) == 0
+    assert "selected 43 of 346" in capsys.readouterr().out  # 10 full batches x 4 + round(4 * 26 / 32)
+    for name in ("selection.npy", "selection.jsonl"):
+        assert (tmp_path / "s1" / name).read_bytes() == (tmp_path / "s2" / name).read_bytes(), name
+    assert load_features(two).n == 346
+    assert main(["select", "--features", one, "--out", str(tmp_path / "s3"), "--shard", "2/2", *sel]) == 2
+    assert "0 <= I < N" in capsys.readouterr().err
     assert main(["embed", "--out", str(tmp_path / "g")]) == 2
     assert "give at least one INPUT" in capsys.readouterr().err
 
@@ -246,7 +291,7 @@ def test_dsir_refuses_changed_inputs(tmp_path):
     embed_corpus([tmp_path / "corpus"], tmp_path / "f", encoder="hashing", dim=8, progress=False)
     with open(tmp_path / "corpus" / "mixed.jsonl", "a") as f:
         f.write(json.dumps({"text": "one more law court document", "domain": "law"}) + "\n")
-    with pytest.raises(PipelineError, match="changed since they were embedded"):
+    with pytest.raises(DataSelectError, match=r"made from other inputs: \S*mixed.jsonl had \d+ bytes there, now \d+"):
         select_features(tmp_path / "f", tmp_path / "s", method="dsir", target="law", progress=False)
 
 
@@ -273,13 +318,13 @@ def test_cli_select_released_variant(tmp_path, capsys):
 
     make_corpus(tmp_path / "corpus")
     embed_corpus([tmp_path / "corpus"], tmp_path / "f", encoder="hashing", dim=16, progress=False)
-    feats, ids, _ = load_features(tmp_path / "f")
+    feats = load_features(tmp_path / "f").matrix
     assert main(["select", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "s"), "--k-per-batch", "4",
                  "--batch-size", "32", "--disf-variant", "released", "--disf-processes", "3", "--no-progress"]) == 0
     # 346 documents: 3 ranges of 115, 3 full batches of 32 each, 4 picks per batch
     assert "selected 36 of 346" in capsys.readouterr().out
     rows = [json.loads(line)["row"] for line in (tmp_path / "s" / "selection.jsonl").read_text().splitlines()]
-    assert rows == disf.select(np.asarray(feats), k_per_batch=4, batch_size=32, variant="released", processes=3).tolist()
+    assert rows == disf.select(feats[:], k_per_batch=4, batch_size=32, variant="released", processes=3).tolist()
     assert all(p * 115 <= r < p * 115 + 96 for r, p in zip(rows, np.repeat(range(3), 12)))
     params = json.loads((tmp_path / "s" / "select.json").read_text())["params"]
     assert (params["disf_variant"], params["disf_processes"]) == ("released", 3)

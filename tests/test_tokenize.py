@@ -132,15 +132,14 @@ def test_output_does_not_depend_on_worker_count(corpus, tmp_path, monkeypatch):
 
 
 def test_val_split_is_seeded_by_document_id(corpus, tmp_path, monkeypatch):
+    docs = list(iter_documents([corpus]))
+
     def val_ids(seed):
-        scan = tkz._Scan(seed, 0.2, 0, want_sample=False)
-        docs = list(iter_documents([corpus]))
-        for d in docs:
-            scan.add(d)
-        scan.finish()
-        return {d.id for d in docs if scan.is_val(d.id)}
+        u = np.array([tkz._unit_hash(seed, "split", d.id) for d in docs])
+        return {d.id for d, v in zip(docs, tkz._Split(u, 0.2).val) if v}
 
     assert val_ids(0) == val_ids(0) and val_ids(0) != val_ids(1)
+    assert {d.id for d in docs if tkz._unit_hash(0, "split", d.id) < 0.2} == val_ids(0)
     two = tmp_path / "two.jsonl"
     two.write_text('{"text": "first document here"}\n{"text": "second document here"}\n')
     m = tokenize_corpus([two], tmp_path / "out", vocab_size=300, val_fraction=0.01, num_workers=1, progress=False)

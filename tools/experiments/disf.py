@@ -139,16 +139,18 @@ def pool_inputs(work: Path) -> list[str]:
 
 def embed_pool(work: Path, encoder: str, *, max_tokens: int, threads: int) -> Path:
     """Features of the pool (resumes an interrupted embedding; returns at once when complete)."""
-    from data_select.embed import embed_corpus, read_meta
+    from data_select.embed import embed_corpus, load_features, read_meta
 
     out = work / f"features-{encoder}"
     before = read_meta(out)
+    complete = (out / "DONE.json").is_file()
     t0 = time.time()
-    meta = embed_corpus(pool_inputs(work), out, encoder=encoder, max_tokens=max_tokens, batch_size=64, workers=threads)
-    if not before or before.get("status") != "complete":
-        write_json(work / f"timing-embed-{encoder}.json", {"embed_s": round(time.time() - t0, 1), "documents": meta["n"],
+    done = embed_corpus(pool_inputs(work), out, encoder=encoder, max_tokens=max_tokens, batch_size=64, workers=threads)
+    if not complete:
+        write_json(work / f"timing-embed-{encoder}.json", {"embed_s": round(time.time() - t0, 1), "documents": done["n"],
                                                            "resumed": before is not None})
-    _log(f"features {encoder}: {meta['n']:,} documents, {meta['dim']}-d, rejected {meta['rejected_total']}")
+    _log(f"features {encoder}: {done['n']:,} documents, {done['dim']}-d, "
+         f"rejected {load_features(out).table.rejected.total}")
     return out
 
 
@@ -453,15 +455,15 @@ def run_rows(work: Path, names: list[str], seeds: list[int]) -> list[dict]:
 def plot_spectrum_compare(work: Path, names: list[str], seed: int, out_png: Path) -> None:
     """Every method's selection spectrum (MiniLM features) and the pool's, on one figure."""
     from data_select.embed import load_features
-    from data_select.pipeline import _read_selection
+    from data_select.select import read_selection
     from data_select.spectrum import correlation_eigenvalues
 
-    feats, ids, _ = load_features(work / "features-minilm")
+    feats = load_features(work / "features-minilm").matrix
     eigs = {"pool": correlation_eigenvalues(feats, sample=10_000, seed=0)}
     for name in names:
-        sel = work / "sel" / f"{name}-s{seed}" / "selection.jsonl"
-        if sel.is_file():
-            eigs[name] = correlation_eigenvalues(np.asarray(feats[_read_selection(sel, ids)]), sample=10_000, seed=0)
+        sel = work / "sel" / f"{name}-s{seed}"
+        if (sel / "select.json").is_file():
+            eigs[name] = correlation_eigenvalues(feats[np.sort(read_selection(sel)[1])], sample=10_000, seed=0)
     plot_top_spectra(eigs, out_png)
 
 
