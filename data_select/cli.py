@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
-from data_select.errors import DataSelectError, UsageError  # noqa: F401  (UsageError re-exported)
+from data_select.errors import DataSelectError, HashingFeaturesWarning, UsageError  # noqa: F401  (UsageError re-exported)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             from data_select.parts import Shard
 
             args.shard = Shard.parse(args.shard)  # checked before any work
-        return args.func(args) or 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HashingFeaturesWarning)  # printed as a `note:` with the step's summary
+            return args.func(args) or 0
     except (DataSelectError, FileNotFoundError) as e:
         print(f"data-select: error: {e}", file=sys.stderr)
         return 2

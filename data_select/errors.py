@@ -36,3 +36,7 @@ class UnsupportedFormat(InputFileError):
     """A format the reader does not read (archive, other compressor, binary data format)."""
 
     reason = "unsupported_format"
+
+
+class HashingFeaturesWarning(UserWarning):
+    """DiSF on hashing features (docs/RESULTS.md (c)); the CLI prints it once as a note."""

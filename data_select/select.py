@@ -30,7 +30,7 @@ import numpy as np
 from data_select import baselines, budget, disf
 from data_select import parts as P
 from data_select.embed import Features, load_features
-from data_select.errors import DataSelectError, UsageError
+from data_select.errors import DataSelectError, HashingFeaturesWarning, UsageError
 from data_select.io import atomic_write_json, read_json, sha256_file
 
 SELECTION = "selection.jsonl"
@@ -47,10 +47,6 @@ _OUT_CHUNK = 1 << 16
 
 class PipelineError(DataSelectError):
     """A step of the pipeline cannot run; the message names the file, key or step."""
-
-
-class HashingFeaturesWarning(UserWarning):
-    """DiSF on hashing features (docs/RESULTS.md (c))."""
 
 
 HASHING_WARNING = ("DiSF on hashing features: in docs/RESULTS.md (c) it did not flatten the spectrum of a neural "
