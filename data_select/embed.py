@@ -592,12 +592,29 @@ def embed_corpus(
                             domain_from_dir=domain_from_dir, max_doc_bytes=max_doc_bytes)
     enc = get_encoder(encoder, max_tokens=max_tokens, dim=dim, threads=workers)
     settings = {**tset, "encoder": enc.name, "dim": enc.dim, "max_tokens": enc.max_tokens}
+    kw = dict(batch_size=batch_size, window=batch_size * commit_every, committer=_Committer(commit_seconds, on_commit),
+              progress=progress)
+    env = P.env_shard() if shard is None else None
+    if env is not None:
+        with P.Group(env) as group:
+            if env.index == 0:  # rank 0 alone checks or clears the folder, before any rank writes to it
+                _prepare(root, settings, overwrite)
+            group.barrier()
+            if P.read_done(root) is None:
+                table = T.complete_table(root, tset) or T.index_parts(root, tset, env, group, progress)
+                _embed_part(enc, root, table, env, settings, **kw)
+                group.barrier()
+                if env.index == 0:
+                    merge_features(root, progress=progress)
+                group.barrier()
+        return P.read_done(root)
+    if overwrite and shard is not None:
+        raise UsageError(f"{root}: --overwrite would clear the parts other --shard tasks are writing; clear the "
+                         "folder once before the tasks start, then run them without --overwrite")
     _prepare(root, settings, overwrite)
     done = P.read_done(root)
     if done is not None:
         return done
-    kw = dict(batch_size=batch_size, window=batch_size * commit_every, committer=_Committer(commit_seconds, on_commit),
-              progress=progress)
     if shard is not None:
         table = T.complete_table(root, tset)
         if table is None:
@@ -605,16 +622,6 @@ def embed_corpus(
                              f"INPUTS --out {root} --shard I/{shard.count}` for every I, then `data-select index --out "
                              f"{root} --merge`")
         return _embed_part(enc, root, table, shard, settings, **kw)
-    env = P.env_shard()
-    if env is not None:
-        with P.Group(env) as group:
-            table = T.complete_table(root, tset) or T.index_parts(root, tset, env, group, progress)
-            _embed_part(enc, root, table, env, settings, **kw)
-            group.barrier()
-            if env.index == 0:
-                merge_features(root, progress=progress)
-            group.barrier()
-        return P.read_done(root)
     table = T.complete_table(root, tset)
     if table is None:
         return _embed_fused(enc, root, settings, tset, **kw)

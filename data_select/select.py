@@ -177,11 +177,11 @@ def _dedup(feats: Features, out: Path, params: dict, shard: P.Shard | None, grou
     a split selection computes it once (torchrun: rank 0 while the others wait; array tasks: each
     task that finds no cache, so run ``--step dedup`` first) and keeps it for every part."""
     key = _dedup_key(feats, params["dedup_threshold"], params["nlist"], params["nprobe"], params["seed"])
-    if group is not None:
-        group.barrier()  # every rank looks for the cache before rank 0 may write it
     cached = _dedup_cache(out, key)
     if cached is not None:
         return cached
+    if group is not None:
+        group.barrier()  # every rank has looked for the cache before rank 0 may write it
     kw = dict(threshold=params["dedup_threshold"], nlist=params["nlist"], seed=params["seed"], progress=progress)
     if shard is None:
         return baselines.dedup(feats.matrix, nprobe=params["nprobe"] or baselines.DEFAULT_NPROBE, workdir=out,

@@ -319,7 +319,7 @@ def _documents(inputs: list[str], out: Path, selection, reader: dict, shard: P.S
         return table, np.sort(picked)
     table = T.complete_table(out, tset)
     if table is None:
-        if shard is not None:
+        if shard is not None and group is None:  # torchrun ranks build the table together (below)
             raise UsageError(f"{out}: tokenize --shard {shard} needs the document table: first run `data-select index "
                              f"INPUTS --out {out} --shard I/{shard.count}` for every I, then `data-select index --out "
                              f"{out} --merge`")
@@ -506,18 +506,24 @@ def _tokenizer_for(out: Path, settings: dict, table: T.Table, rows, part: P.Shar
         try:
             kind = _install_tokenizer(args[0], staging / TOKENIZER_DIR, *args[1:])
             P.finish_part(staging, key, {"kind": kind})
-            if home.exists():
-                shutil.rmtree(home, ignore_errors=True)
-            home.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(staging, home)
-            except OSError:
-                pass  # another task installed the same tokenizer first
+            now = P.read_done(home)
+            if not (now and now.get("key") == P.run_key(key)):  # not installed meanwhile by another task
+                if home.exists():
+                    shutil.rmtree(home, ignore_errors=True)  # a tokenizer of other settings
+                home.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(staging, home)
+                except OSError:
+                    pass  # another task installed the same tokenizer first
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if group is not None:
         group.barrier()
-    return home / TOKENIZER_DIR, P.read_done(home)["kind"]
+    done = P.read_done(home)
+    if not (done and done.get("key") == P.run_key(key)):
+        raise P.PartError(f"{home}: the run's tokenizer is missing or was replaced while this task ran "
+                          "(tasks of different settings in one output folder?); re-run this task")
+    return home / TOKENIZER_DIR, done["kind"]
 
 
 def _write_manifest(out: Path, settings: dict, table: T.Table, documents: int, splits: dict, domains: dict, tok,

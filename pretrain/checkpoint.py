@@ -191,11 +191,11 @@ def _damaged(ckpt: Path, entry: dict, what: str) -> str:
     return f"checkpoint {ckpt} is corrupt: {entry['path']} (written by rank {entry.get('rank', 0)}) {what}"
 
 
-def verify(ckpt: Path, rank: int = 0, world: int = 1) -> dict:
-    """Check that every listed file is present and intact (this rank's share of them when ``world`` > 1);
-    return the checkpoint.json content."""
+def verify(ckpt: Path) -> dict:
+    """Check, in one process, that every listed file is present and intact; return the checkpoint.json
+    content. (A training run spreads this over its ranks: ``share`` + ``problems``.)"""
     info = read_listing(ckpt)
-    found = problems(ckpt, share(info["files"], rank, world))
+    found = problems(ckpt, info["files"])
     if found:
         raise CheckpointError(found[0])
     return info

@@ -71,7 +71,7 @@ class Checkpoint(Callback):
 
     def on_step_end(self, trainer, step):
         due = (self.every and step % self.every == 0) or step in self.at_steps
-        if due and step != trainer.stop_step:
+        if due and step != trainer.stop_step and trainer.last_ckpt_step != step:
             trainer.save_checkpoint()
 
     def on_train_end(self, trainer):
@@ -395,14 +395,16 @@ class Trainer:
             with guard.StopSignals() as stops:
                 while self.step < self.stop_step:
                     verdict = self._train_step(stops)
+                    stop = verdict.stop_reason(self.world_size) if self.step != self.stop_step else None
+                    if stop:  # the grace period is for the checkpoint: it comes before an evaluation due now
+                        if self.is_main:
+                            print(f"pretrain: {stop}: saving the checkpoint of step {self.step}, then stopping", flush=True)
+                        self.save_checkpoint()
                     for cb in callbacks:
                         cb.on_step_end(self, self.step)
                     if self.step == self.stop_step:
                         break
-                    stop = verdict.stop_reason(self.world_size)
-                    if (verdict.save_due or stop) and self.last_ckpt_step != self.step:
-                        if stop and self.is_main:
-                            print(f"pretrain: {stop}: saving the checkpoint of step {self.step}, then stopping", flush=True)
+                    if verdict.save_due and self.last_ckpt_step != self.step:
                         self.save_checkpoint()
                     if stop:
                         raise guard.Preempted(stop, self.step, self.ckpt_root / ckpt_io.step_dir_name(self.step))

@@ -66,6 +66,25 @@ def test_torchrun_two_ranks_equal_one_process(one_process):
     _assert_same(tmp / "one", tmp / "tr")
 
 
+@pytest.mark.slow
+def test_torchrun_tokenize_without_a_selection_equals_one_process(one_process):
+    """Plain `tokenize INPUTS` under torchrun: the ranks build the table together, then tokenize their parts."""
+    tmp = one_process
+    args = ["tokenize", str(tmp / "corpus"), "--vocab-size", "320", "--val-fraction", "0.05", "--workers", "1",
+            "--shard-tokens", "2000", "--no-progress"]
+    assert main([*args, "--out", str(tmp / "tok-one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "data_select", *args, "--out", str(tmp / "tok-tr")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp / "tok-one").glob("*.npy"))
+    assert len(shards) >= 3 and shards == sorted(p.name for p in (tmp / "tok-tr").glob("*.npy"))
+    for name in shards:
+        assert (tmp / "tok-one" / name).read_bytes() == (tmp / "tok-tr" / name).read_bytes(), name
+    one, tr = (json.loads((tmp / d / "manifest.json").read_text()) for d in ("tok-one", "tok-tr"))
+    assert one == tr
+
+
 def test_shard_tasks_and_merges_equal_one_process(one_process, capsys, monkeypatch):
     from data_select import sources
 
@@ -113,6 +132,9 @@ def test_shard_tasks_and_merges_equal_one_process(one_process, capsys, monkeypat
     assert "0 <= I < N" in capsys.readouterr().err
     assert main(["run", cfg, "--shard", "0/2"]) == 2
     assert "add --step" in capsys.readouterr().err
+    assert main(["embed", str(tmp / "corpus"), "--out", str(tmp / "arr" / "features"), "--encoder", "hashing",
+                 "--shard", "0/2", "--overwrite", "--no-progress"]) == 2  # it would clear the other tasks' parts
+    assert "--overwrite would clear the parts other --shard tasks are writing" in capsys.readouterr().err
 
 
 FAKE_SBATCH = """#!/usr/bin/env bash

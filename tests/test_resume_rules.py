@@ -173,3 +173,28 @@ def test_stop_signals_are_recorded_and_the_previous_handlers_restored():
         os.kill(os.getpid(), signal.SIGTERM)  # the first one counts
         assert stops.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_a_stop_signal_saves_before_an_evaluation_due_at_that_step(tmp_path, synthetic_data, monkeypatch):
+    """The grace period after SIGTERM is for the checkpoint: an evaluation due at the same step runs after it."""
+    from pretrain import guard
+    from pretrain.trainer import Trainer
+
+    take_step, evaluate, seen = Trainer._train_step, Trainer.evaluate, {}
+
+    def signalled_step(self, stops):
+        if self.step == 3:  # received while step 4 is computed: the ranks agree on it at step 4
+            os.kill(os.getpid(), signal.SIGTERM)
+        return take_step(self, stops)
+
+    def watched_evaluate(self):
+        seen[self.step] = (self.ckpt_root / ckpt_io.step_dir_name(self.step)).is_dir()
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", signalled_step)
+    monkeypatch.setattr(Trainer, "evaluate", watched_evaluate)
+    run = tmp_path / "run"
+    with pytest.raises(guard.Preempted) as stop:
+        train(from_dict(_cfg(synthetic_data, run, budget={"steps": 8}, eval={"every": 2, "batches": 1})))
+    assert stop.value.step == 4 and seen == {2: False, 4: True}
+    ckpt_io.verify(run / "checkpoints" / "step-00000004")

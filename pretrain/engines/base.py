@@ -215,9 +215,6 @@ class Engine:
             dist.all_reduce(t)
         return t
 
-    def mean(self, value: torch.Tensor) -> float:
-        return float(self.sum(value.to(torch.float32))) / self.world_size
-
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
