@@ -33,6 +33,7 @@ step can read it again with :func:`read_span` (JSON Lines, text) or by row group
 """
 from __future__ import annotations
 
+import abc
 import bz2
 import errno
 import fnmatch
@@ -474,8 +475,9 @@ class _Inflate(io.RawIOBase):
             self._done = True
         return chunk
 
+    @abc.abstractmethod
     def _step(self, room: int) -> None:
-        raise NotImplementedError
+        """Decode the next input into the output buffer, at most ``room`` bytes of it."""
 
     def close(self) -> None:
         self._fh.close()

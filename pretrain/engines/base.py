@@ -5,6 +5,7 @@ checkpoint files of its own format. The trainer only calls the methods of :class
 """
 from __future__ import annotations
 
+import abc
 import gc
 import os
 import socket
@@ -124,7 +125,7 @@ def total_grad_norm(params) -> float:
     return float(norm)
 
 
-class Engine:
+class Engine(abc.ABC):
     """The interface the trainer uses; subclasses fill in wrapping, stepping and their checkpoint format.
 
     ``load`` refuses a checkpoint another engine wrote when optimizer state is wanted (each engine
@@ -145,9 +146,9 @@ class Engine:
         """The HF model (parameters may be sharded or partitioned)."""
         return self.model
 
+    @abc.abstractmethod
     def forward_backward(self, tokens: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
         """Loss of one micro-batch (labels = inputs, shifted inside the HF model); grads accumulate."""
-        raise NotImplementedError
 
     def grad_norm(self) -> float | None:
         """This step's global gradient norm before clipping, known before the step is applied; ``None``
@@ -181,20 +182,20 @@ class Engine:
         """The torch optimizer's parameter groups (hyper-parameters as loaded or configured)."""
         return self.optimizer.param_groups
 
+    @abc.abstractmethod
     def save(self, tmp: Path) -> list[str]:
         """Write this rank's part of the model and optimizer state under ``tmp`` (every rank calls it).
 
         Returns the paths, relative to ``tmp``, of the files this rank wrote.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_own(self, ckpt: Path, load_optimizer: bool) -> None:
         """Load a checkpoint this engine wrote."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_full_weights(self, state: dict[str, torch.Tensor], source: Path) -> None:
         """Load full (unsharded) weights into the wrapped model; ``source`` names them in errors."""
-        raise NotImplementedError
 
     def load(self, ckpt: Path, load_optimizer: bool) -> None:
         writer = ckpt_io.read_trainer_state(ckpt).get("engine")
